@@ -1,0 +1,1 @@
+"""lawshift-rft: rejection-sampling fine-tuning for Chinese criminal-judgment prediction on LawShift."""

@@ -1,0 +1,120 @@
+"""File I/O shared by every stage: one-line input errors and atomic outputs.
+
+Two rules hold for every file the pipeline touches:
+
+* Reading bad input raises `InputError`, whose message is a single line naming the file and, where it
+  applies, the record index (or JSONL line) and the field. Stage entry points turn it into that line on
+  stderr and a non-zero exit (see `run_stage`).
+* Writing goes to a temporary sibling first and is renamed into place, so an interrupted stage never
+  leaves a half-written file that DVC could record as a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+class InputError(Exception):
+    """Bad input: the message is one line naming file, record index and field."""
+
+    def __init__(self, path: str | os.PathLike, message: str, index: int | None = None, field: str | None = None,
+                 line: int | None = None):
+        where = str(path)
+        if line is not None:
+            where += f":{line}"
+        if index is not None:
+            where += f": record {index}"
+        if field is not None:
+            where += f": field '{field}'"
+        super().__init__(f"{where}: {' '.join(str(message).split())}")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found" if not path.exists() else "not a regular file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"not valid UTF-8 (byte offset {err.start})") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"invalid JSON: {err.msg} (column {err.colno})", line=err.lineno) from None
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, record). A corrupt line is an error, never silently skipped."""
+    text = read_text(path)
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(path, f"corrupt JSONL line: {err.msg}", line=lineno) from None
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False) + "\n"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success rename it onto `path`, on failure remove it.
+
+    Works for files and directories. The rename is atomic on one filesystem, so readers (and DVC) see either
+    the old output, no output, or the complete new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    # mkdtemp reserves a unique name; callers writing a file want the name free.
+    tmp.rmdir()
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, dumps(obj))
+
+
+def write_jsonl(path: str | os.PathLike, records: list[Any]) -> None:
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def run_stage(main: Callable[[], Any]) -> None:
+    """Run a stage's main(); bad input becomes one line on stderr and exit status 2."""
+    try:
+        main()
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
