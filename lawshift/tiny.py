@@ -17,7 +17,6 @@ The model is randomly initialised (seeded), so its generations are noise; it exi
 Nothing here touches the Hugging Face hub.
 """
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,9 @@ from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+from lawshift.data import SPLITS, load_articles, load_cases
+from lawshift.prompts import SYSTEM_PROMPT
 
 # Qwen2.5's special tokens: <|endoftext|> pads, <|im_end|> ends a chat turn (and generation).
 ENDOFTEXT = "<|endoftext|>"
@@ -56,7 +58,16 @@ TEMPLATE_STRINGS = [
     "个月",
     "罪名",
     "刑期",
+    "<think>依据【",
+    "】，被告人的行为构成",
+    "罪，结合情节量刑。</think><answer> ",
+    " </answer>",
+    "修改前法条：",
+    "修改后法条（现行有效）：",
+    "法条：",
+    "案件事实：",
 ]
+TEMPLATE_REPEATS = 50
 
 
 @dataclass
@@ -77,36 +88,26 @@ class TinySpec:
 # corpus
 
 
-def _load_articles(path: Path) -> list[str]:
-    # articles files come as {id: text} or as [{"id": ..., "content": ...}]
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(data, dict):
-        return [str(text) for text in data.values()]
-    return [str(item["content"]) for item in data]
-
-
-def _load_cases(path: Path) -> list[str]:
-    texts = []
-    for case in json.loads(path.read_text(encoding="utf-8")):
-        texts += [case["fact"], case["charge"]]
-    return texts
-
-
 def corpus_texts(root: Path) -> list[str]:
-    """Tokenizer training text from a LawShift root: facts, charges, article texts, prompt template strings."""
+    """Tokenizer training text from a LawShift root: facts, charges, article texts, prompt and answer templates.
+
+    The prompt and answer templates are repeated so BPE learns whole-tag merges (`<answer>`, `</think>`): like a real
+    instruct tokenizer, the format then costs a few tokens rather than one per letter.
+    """
     root = Path(root)
     texts: list[str] = []
-    if (root / "training_set.json").exists():
-        texts += _load_cases(root / "training_set.json")
-    if (root / "criminal_law_articles.json").exists():
-        texts += _load_articles(root / "criminal_law_articles.json")
+    case_files = [root / "training_set.json"]
+    article_files = [root / "criminal_law_articles.json"]
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for split in ("original", "poisoned"):
-            if (folder / f"{split}.json").exists():
-                texts += _load_cases(folder / f"{split}.json")
-        for articles in sorted(folder.glob("articles_*.json")):
-            texts += _load_articles(articles)
-    return texts + TEMPLATE_STRINGS
+        case_files += [folder / f"{split}.json" for split in SPLITS]
+        article_files += sorted(folder.glob("articles_*.json"))
+    for path in case_files:
+        if path.exists():
+            texts += [t for case in load_cases(path, allow_empty=True) for t in (case.fact, case.charge)]
+    for path in article_files:
+        if path.exists():
+            texts += list(load_articles(path).values())
+    return texts + (TEMPLATE_STRINGS + [SYSTEM_PROMPT]) * TEMPLATE_REPEATS
 
 
 # -----------------------------------------------------------------------------
