@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lawshift.tiny import TEMPLATE_STRINGS, TinySpec, build_tiny, build_tokenizer, corpus_texts
+from lawshift.prompts import SYSTEM_PROMPT
+from lawshift.tiny import TEMPLATE_REPEATS, TEMPLATE_STRINGS, TinySpec, build_tiny, build_tokenizer, corpus_texts
 
 _LOCAL_SAMPLE = Path(__file__).parents[1] / "data" / "lawshift-sample"
 SAMPLE = _LOCAL_SAMPLE if _LOCAL_SAMPLE.exists() else Path("/work/shared/lawshift-sample")
@@ -168,9 +169,10 @@ def test_corpus_texts_reads_both_article_shapes(tmp_path):
     texts = corpus_texts(tmp_path)
     assert texts == [
         "被告人甲盗窃财物。", "盗窃",
-        "a_folder原", "盗窃", "a_folder改", "盗窃", "甲条文",
-        "b_folder原", "盗窃", "b_folder改", "盗窃", "乙条文",
-        *TEMPLATE_STRINGS,
+        "a_folder原", "盗窃", "a_folder改", "盗窃",
+        "b_folder原", "盗窃", "b_folder改", "盗窃",
+        "甲条文", "乙条文",
+        *(TEMPLATE_STRINGS + [SYSTEM_PROMPT]) * TEMPLATE_REPEATS,
     ]  # fmt: skip
 
 
