@@ -18,12 +18,14 @@ $(STAMP): requirements.txt pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# Stages run `python …`: the venv's bin goes first on PATH so DVC's shell finds the venv's python.
 repro: $(STAMP)
-	$(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(BIN)/python -m lawshift.runinfo
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,12 +8,12 @@ checked (safetensors, no remote code) and recorded as a pointer, not copied.
 """
 
 import dataclasses
-import time
 from pathlib import Path
 
 from lawshift import files, models
 from lawshift.data import ArticleLookup, load_articles, training_cases
 from lawshift.params import load_params
+from lawshift.runinfo import StageClock
 from lawshift.tiny import TinySpec, build_model, build_tokenizer, corpus_texts, count_params
 from lawshift.warmstart import warm_start
 
@@ -41,7 +41,7 @@ def build_tiny_base(p) -> dict:
 def main() -> None:
     p = load_params()
     models.offline_env()
-    start = time.time()
+    clock = StageClock()
     if p.model.base == "tiny":
         metrics = build_tiny_base(p)
     else:
@@ -50,7 +50,7 @@ def main() -> None:
         with files.atomic_path(OUT) as tmp:
             models.write_pointer(tmp, p.model.base)
         metrics = {"kind": "pointer", "name_or_path": p.model.base}
-    metrics["wall_seconds"] = round(time.time() - start, 2)
+    metrics.update(clock.stats())
     files.write_json(METRICS, metrics)
     print(f"base: {metrics}")
 

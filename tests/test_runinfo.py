@@ -1,0 +1,18 @@
+import json
+
+from lawshift.runinfo import StageClock, summary
+
+
+def test_stage_clock_reports_time_and_memory():
+    stats = StageClock().stats()
+    assert stats["wall_seconds"] >= 0
+    assert stats["peak_rss_mb"] > 1  # any Python interpreter holds more than 1 MB resident
+
+
+def test_summary_lists_stages_in_pipeline_order_and_totals(tmp_path):
+    (tmp_path / "train.json").write_text(json.dumps({"wall_seconds": 12.5, "peak_rss_mb": 900}))
+    (tmp_path / "base.json").write_text(json.dumps({"wall_seconds": 2.0, "peak_rss_mb": 400}))
+    lines = summary(tmp_path).splitlines()
+    assert [ln.split()[0] for ln in lines[1:]] == ["base", "train", "total"]
+    assert lines[-1].split()[1] == "14.5"
+    assert "900 MB" in lines[2]
