@@ -1,0 +1,64 @@
+"""The vLLM backend's request building and output mapping, tested without vLLM or a GPU.
+
+The output objects below have the attribute layout of vLLM's RequestOutput / CompletionOutput (prompt,
+prompt_token_ids, outputs[text, token_ids, finish_reason]); the code under test is the mapping itself.
+"""
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from lawshift.generation import Completion, GenerationSettings
+from lawshift.vllm_backend import map_outputs, sampling_kwargs
+
+
+@dataclass
+class CompletionOutput:
+    text: str
+    token_ids: list[int]
+    finish_reason: str = "stop"
+
+
+@dataclass
+class RequestOutput:
+    prompt: str
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput] = field(default_factory=list)
+
+
+@pytest.mark.parametrize("settings,seed,expected", [
+    (GenerationSettings(n=8, temperature=0.8, top_p=0.95, max_new_tokens=2048), 7,
+     {"n": 8, "temperature": 0.8, "top_p": 0.95, "max_tokens": 2048, "seed": 7}),
+    (GenerationSettings(n=3, temperature=0.7, top_p=1.0, max_new_tokens=64), 0,
+     {"n": 3, "temperature": 0.7, "top_p": 1.0, "max_tokens": 64, "seed": 0}),
+    (GenerationSettings(n=3, temperature=0.0, max_new_tokens=16), 1,
+     {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 16, "seed": 1}),
+])
+def test_sampling_kwargs(settings, seed, expected):
+    assert sampling_kwargs(settings, seed) == expected
+
+
+def test_outputs_map_back_to_their_prompts_in_order():
+    settings = GenerationSettings(n=2, temperature=0.8, max_new_tokens=8)
+    outs = [RequestOutput("p0", [1, 2, 3], [CompletionOutput("a", [5, 6]), CompletionOutput("b", [7], "length")]),
+            RequestOutput("p1", [1], [CompletionOutput("c", [8, 9, 2]), CompletionOutput("d", [2])])]
+    res = map_outputs(["p0", "p1"], outs, settings)
+    assert [r.prompt_tokens for r in res] == [3, 1]
+    assert res[0].completions == [Completion("a", 2, True), Completion("b", 1, False)]
+    assert [c.text for c in res[1].completions] == ["c", "d"]
+
+
+def test_greedy_answer_is_repeated_n_times():
+    res = map_outputs(["p"], [RequestOutput("p", [1], [CompletionOutput("x", [4])])], GenerationSettings(n=3))
+    assert [c.text for c in res[0].completions] == ["x", "x", "x"]
+
+
+@pytest.mark.parametrize("prompts,outs,match", [
+    (["p0", "p1"], [RequestOutput("p0", [1], [CompletionOutput("a", [1])])], "1 outputs for 2 prompts"),
+    (["p0", "p1"], [RequestOutput("p1", [1], [CompletionOutput("a", [1])]),
+                    RequestOutput("p0", [1], [CompletionOutput("a", [1])])], "another prompt"),
+    (["p0"], [RequestOutput("p0", [1], [CompletionOutput("a", [1])])], "1 answers for prompt 0, expected 2"),
+])
+def test_mismatched_outputs_are_refused(prompts, outs, match):
+    with pytest.raises(RuntimeError, match=match):
+        map_outputs(prompts, outs, GenerationSettings(n=2, temperature=0.8))
