@@ -35,7 +35,11 @@ def resolve_base(base_dir: str | Path) -> str:
     """The path or hub id the base stage settled on."""
     base_dir = Path(base_dir)
     if (base_dir / POINTER).is_file():
-        return read_json(base_dir / POINTER)["name_or_path"]
+        pointer = read_json(base_dir / POINTER)
+        name = pointer.get("name_or_path") if isinstance(pointer, dict) else None
+        if not isinstance(name, str) or not name:
+            raise InputError(base_dir / POINTER, "must be an object with a non-empty string", field="name_or_path")
+        return name
     if (base_dir / "config.json").is_file():
         return str(base_dir)
     raise InputError(base_dir, "no model here: run the base stage first (dvc repro base)")
@@ -65,7 +69,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     check_local_model(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a folder without tokenizer files
         raise InputError(name_or_path, f"cannot load tokenizer: {str(err).splitlines()[0]}",
                          field="model.base") from None
 
@@ -83,7 +87,7 @@ def load_model(name_or_path: str, *, device: torch.device, trust_remote_code: bo
         kwargs.update(quantization_config=quantization_config, device_map={"": device})
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a folder without a usable config.json
         raise InputError(name_or_path, f"cannot load model: {str(err).splitlines()[0]}", field="model.base") from None
     if quantization_config is None:
         model.to(device)

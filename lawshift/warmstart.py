@@ -35,9 +35,13 @@ def template_response(case: Case, articles: list[tuple[str, str]], prison_time: 
 
 
 def noisy_term(prison_time: int, rng: random.Random, noise: float) -> int:
+    """With probability `noise`, a different fixed term near the gold one (>= 1 month); XT terms are kept."""
     if prison_time in (LIFE, DEATH) or rng.random() >= noise:
         return prison_time
-    return max(1, prison_time + rng.choice(NOISE_OFFSETS))
+    # Only offsets that land on another valid fixed term: clamping (1 - 1 -> 1) would silently keep the gold
+    # term, and a term must never become the life/death codes.
+    terms = [t for t in (prison_time + o for o in NOISE_OFFSETS) if 1 <= t < LIFE and t != prison_time]
+    return rng.choice(terms)
 
 
 def warm_start(model, tokenizer, cases: list[Case], lookup: ArticleLookup, *, steps: int, batch_size: int,

@@ -1,0 +1,383 @@
+"""Tests for lawshift.evaluation and stage `eval`: scoring, metrics from hand-made predictions, prompts from both
+articles shapes, resumable generation, and the stage end to end on the tiny model (base and base + adapter),
+including `dvc metrics diff` between two committed experiments."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lawshift import evaluation as ev
+from lawshift.answers import LIFE, NO_VIOLATION
+from lawshift.data import Case, discover_folders
+from lawshift.files import InputError
+from lawshift.generation import GenerationSettings, HFBackend
+from lawshift.models import load_model, load_tokenizer
+from lawshift.params import load_params
+
+REPO = Path(__file__).resolve().parents[1]
+LOW, HIGH = 36, 120
+
+# One folder per label type (names from the benchmark's label.json).
+FOLDER = {"V": "action_explicit_extend", "NV": "subject_reallocated_reduce", "TU": "term_up", "TD": "term_down",
+          "XT": "term_extremity_in", "NX": "term_extremity_out"}
+THEFT_24 = Case("事实甲", ("264-0-0",), "盗窃", 24)
+HARM_60 = Case("事实乙", ("234-0-0",), "故意伤害", 60)
+ROBBERY_48 = Case("事实丙", ("263-0-0",), "抢劫", 48)
+MURDER_180 = Case("事实丁", ("232-0-0",), "故意杀人", 180)
+MURDER_LIFE = Case("事实戊", ("232-0-0",), "故意杀人", LIFE)
+
+
+def ans(body: str) -> str:
+    return f"<think>推理</think><answer> {body} </answer>"
+
+
+# (label, split, index, sample, gold, answer text, success, charge_correct, term_exact, term_error)
+# Hand-scored with term_low=36, term_high=120. Gold checks apply to the original split only.
+PREDICTIONS = [
+    ("V", "original", 0, 0, THEFT_24, ans("盗窃 | 24"), True, True, True, 0),
+    ("V", "original", 1, 0, THEFT_24, ans("抢劫 | 30"), True, False, False, 6),
+    ("V", "poisoned", 0, 0, THEFT_24, ans(NO_VIOLATION), False, None, None, None),
+    ("V", "poisoned", 1, 0, THEFT_24, "没有答案", False, None, None, None),
+    ("NV", "original", 0, 0, THEFT_24, ans("盗窃罪 | 24"), True, True, True, 0),
+    ("NV", "poisoned", 0, 0, THEFT_24, ans(NO_VIOLATION), True, None, None, None),
+    ("TU", "original", 0, 0, HARM_60, ans("故意伤害 | 60"), True, True, True, 0),
+    ("TU", "original", 1, 0, HARM_60, ans("故意伤害 | 12"), False, True, False, -48),
+    ("TU", "poisoned", 0, 0, HARM_60, ans("故意伤害 | 120"), True, None, None, None),
+    ("TU", "poisoned", 1, 0, HARM_60, ans("故意伤害 | 119"), False, None, None, None),
+    ("TD", "original", 0, 0, ROBBERY_48, ans("抢劫 | XT"), False, True, False, None),
+    ("TD", "poisoned", 0, 0, ROBBERY_48, ans("抢劫 | 36"), True, None, None, None),
+    ("XT", "original", 0, 0, MURDER_180, ans("故意杀人 | 120"), True, True, False, -60),
+    ("XT", "poisoned", 0, 0, MURDER_180, ans("故意杀人 | 无期徒刑"), True, None, None, None),
+    # two sampled answers per prompt: their success is averaged before the prompts are
+    ("NX", "original", 0, 0, MURDER_LIFE, ans("故意杀人 | XT"), True, True, True, None),
+    ("NX", "original", 0, 1, MURDER_LIFE, ans("故意杀人 | 240"), False, True, False, None),
+    ("NX", "poisoned", 0, 0, MURDER_LIFE, ans("故意杀人 | 36"), True, None, None, None),
+    ("NX", "poisoned", 0, 1, MURDER_LIFE, "<think>没写完", False, None, None, None),
+    # train-set check: exact answers; not part of the LawShift figures (format_valid included)
+    (None, "train", 3, 0, THEFT_24, ans("盗窃 | 24"), True, None, None, None),
+    (None, "train", 5, 0, THEFT_24, "胡言乱语", False, None, None, None),
+]
+
+
+def item_for(label, split, index, case) -> ev.EvalItem:
+    folder = FOLDER[label] if label else None
+    pid = f"{folder}/{split}/{index}" if folder else f"train/{index}"
+    return ev.EvalItem(pid, folder, label, split, index, case, prompt="")
+
+
+def hand_records() -> list[dict]:
+    return [ev.score_answer(item_for(label, split, i, case), text, j, LOW, HIGH)
+            for label, split, i, j, case, text, *_ in PREDICTIONS]
+
+
+@pytest.mark.parametrize("row", PREDICTIONS, ids=lambda r: f"{r[0]}-{r[1]}-{r[2]}-{r[3]}")
+def test_score_answer(row):
+    label, split, i, j, case, text, success, charge_ok, term_ok, err = row
+    rec = ev.score_answer(item_for(label, split, i, case), text, j, LOW, HIGH)
+    assert (rec["success"], rec["charge_correct"], rec["term_exact"], rec["term_error"]) == (
+        success, charge_ok, term_ok, err)
+    assert rec["answer"] == text and rec["sample"] == j and rec["case_id"] == case.case_id
+    assert (rec["parse"] is None) == (text in ("没有答案", "<think>没写完", "胡言乱语"))
+
+
+def test_compute_metrics_hand_made():
+    metrics = ev.compute_metrics(hand_records())
+    # original: V 1+1, NV 1, TU 1+0, TD 0, XT 1, NX (1+0)/2 -> 5.5 of 8 prompts
+    # poisoned: V 0+0, NV 1, TU 1+0, TD 1, XT 1, NX (1+0)/2 -> 4.5 of 8 prompts
+    # format: 2 unparseable of 18 LawShift answers (the train answers do not count)
+    assert metrics == {
+        "overall": {"original": 0.6875, "poisoned": 0.5625, "gap": 0.125, "format_valid": round(16 / 18, 6)},
+        "by_label": {
+            "NV": {"original": 1.0, "poisoned": 1.0, "gap": 0.0, "format_valid": 1.0, "n": 1},
+            "NX": {"original": 0.5, "poisoned": 0.5, "gap": 0.0, "format_valid": 0.75, "n": 1},
+            "TD": {"original": 0.0, "poisoned": 1.0, "gap": -1.0, "format_valid": 1.0, "n": 1},
+            "TU": {"original": 0.5, "poisoned": 0.5, "gap": 0.0, "format_valid": 1.0, "n": 2},
+            "V": {"original": 1.0, "poisoned": 0.0, "gap": 1.0, "format_valid": 0.75, "n": 2},
+            "XT": {"original": 1.0, "poisoned": 1.0, "gap": 0.0, "format_valid": 1.0, "n": 1},
+        },
+        "folders": {
+            "action_explicit_extend": {"label": "V", "original": 1.0, "poisoned": 0.0, "n": 2},
+            "subject_reallocated_reduce": {"label": "NV", "original": 1.0, "poisoned": 1.0, "n": 1},
+            "term_down": {"label": "TD", "original": 0.0, "poisoned": 1.0, "n": 1},
+            "term_extremity_in": {"label": "XT", "original": 1.0, "poisoned": 1.0, "n": 1},
+            "term_extremity_out": {"label": "NX", "original": 0.5, "poisoned": 0.5, "n": 1},
+            "term_up": {"label": "TU", "original": 0.5, "poisoned": 0.5, "n": 2},
+        },
+        # charge: all original prompts but V/1 -> 7/8; exact term: V/0, NV/0, TU/0 and half of NX/0 -> 3.5/8
+        "charge_accuracy": 0.875,
+        "term_exact_accuracy": 0.4375,
+        "train_exact": 0.5,
+    }
+
+
+def test_compute_metrics_unequal_splits_and_no_train():
+    records = [r for r in hand_records() if r["split"] != "train" and r["id"] != "term_up/poisoned/1"]
+    metrics = ev.compute_metrics(records)
+    assert metrics["folders"]["term_up"] == {"label": "TU", "original": 0.5, "poisoned": 1.0, "n": 2, "n_poisoned": 1}
+    assert metrics["train_exact"] is None
+
+
+GOLD_CHECKS = [
+    # (answer text, gold, (charge right, exact term))
+    (ans("盗窃 | 24"), THEFT_24, (True, True)),
+    (ans("盗窃 | 25"), THEFT_24, (True, False)),
+    (ans("V | 24"), THEFT_24, (False, True)),  # the short form names no charge
+    (ans(NO_VIOLATION), THEFT_24, (False, False)),
+    ("", THEFT_24, (False, False)),
+    (ans("故意杀人 | XT"), MURDER_LIFE, (True, True)),
+    (ans(NO_VIOLATION), Case("f", (), NO_VIOLATION, 0), (True, None)),
+    (ans("盗窃 | 3"), Case("f", (), NO_VIOLATION, 0), (False, None)),
+    (ans("盗窃 | 3"), Case("f", (), "", 0), (None, None)),
+]
+
+
+@pytest.mark.parametrize("text,gold,expected", GOLD_CHECKS)
+def test_gold_checks(text, gold, expected):
+    from lawshift.answers import parse_answer
+
+    assert ev.gold_checks(parse_answer(text), gold) == expected
+
+
+def test_train_subset_is_seeded_and_fixed():
+    a = ev.train_subset_indices(62, 8, seed=42)
+    assert a == ev.train_subset_indices(62, 8, seed=42) == sorted(a) and len(set(a)) == 8
+    assert a != ev.train_subset_indices(62, 8, seed=43)
+    assert ev.train_subset_indices(5, 8, seed=0) == [0, 1, 2, 3, 4]
+    assert ev.train_subset_indices(62, 0, seed=0) == []
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("num_samples", 0, "num_samples"), ("batch_size", 0, "batch_size"), ("max_new_tokens", 0, "max_new_tokens"),
+    ("temperature", -0.1, "temperature"), ("top_p", 0.0, "top_p"), ("train_subset", -1, "train_subset"),
+    ("term_low", 200, "term_high"), ("backend", "vllm", "backend")])
+def test_check_params_names_the_field(field, value, named):
+    from lawshift.params import EvalParams
+
+    ev.check_params(EvalParams())
+    with pytest.raises(InputError, match=rf"params.yaml: field 'eval\.{named}'"):
+        ev.check_params(EvalParams(**{field: value}))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompts and generation on the tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_base):
+    import torch
+
+    device = torch.device("cpu")
+    tok = load_tokenizer(str(tiny_base))
+    return tok, HFBackend(load_model(str(tiny_base), device=device), tok, device)
+
+
+def to_list_shape(path: Path) -> None:
+    articles = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps([{"id": k, "content": v} for k, v in articles.items()], ensure_ascii=False),
+                    encoding="utf-8")
+
+
+def test_list_shaped_articles_give_same_prompts_and_predictions(data_copy, sample_root, tiny):
+    tok, backend = tiny
+    name = "action_explicit_extend"
+    for split in ("original", "poisoned"):
+        to_list_shape(data_copy / name / f"articles_{split}.json")
+    assert isinstance(json.loads((data_copy / name / "articles_original.json").read_text()), list)
+    obj, _ = ev.build_items(discover_folders(sample_root, [name]), tok)
+    lst, _ = ev.build_items(discover_folders(data_copy, [name]), tok)
+    assert [(i.id, i.prompt) for i in obj] == [(i.id, i.prompt) for i in lst]
+    assert len(obj) == 80 and "354-0-0" in obj[0].prompt
+    picks = [0, 1, 40, 41]  # two cases of each split
+    settings = GenerationSettings(max_new_tokens=48)
+    runs = [list(ev.generate_records(backend, [[items[k] for k in picks]], settings, 0, LOW, HIGH))
+            for items in (obj, lst)]
+    assert runs[0] == runs[1]
+    assert [r["answer"] for r in runs[0]] and all(r["answer"] for r in runs[0])
+
+
+def test_poisoned_prompt_shows_old_statute_on_request(sample_root, tiny):
+    tok, _ = tiny
+    folders = discover_folders(sample_root, ["action_explicit_extend"])
+    plain = {i.id: i.prompt for i in ev.build_items(folders, tok)[0]}
+    both = {i.id: i.prompt for i in ev.build_items(folders, tok, show_old_statute=True)[0]}
+    new = folders[0].articles("poisoned")["354-0-0"]
+    old = folders[0].articles("original")["354-0-0"]
+    assert both["action_explicit_extend/original/3"] == plain["action_explicit_extend/original/3"]
+    assert old not in plain["action_explicit_extend/poisoned/3"]
+    assert old in both["action_explicit_extend/poisoned/3"] and new in both["action_explicit_extend/poisoned/3"]
+
+
+def test_missing_articles_are_counted_or_refused(data_copy, tiny):
+    tok, _ = tiny
+    (data_copy / "action_explicit_extend" / "articles_poisoned.json").write_text("{}", encoding="utf-8")
+    folders = discover_folders(data_copy, ["action_explicit_extend"])
+    items, missing = ev.build_items(folders, tok)
+    assert missing == 40 and "354-0-0" not in items[40].prompt and "354-0-0" in items[0].prompt
+    with pytest.raises(InputError, match=r"poisoned.json: record 0: field 'relevant_articles'"):
+        ev.build_items(folders, tok, strict_articles=True)
+
+
+class CountingBackend:
+    """The real tiny backend, counting the prompts it is asked to answer."""
+
+    name = "hf"
+
+    def __init__(self, inner):
+        self.inner, self.prompts = inner, 0
+
+    def generate(self, prompts, settings, seed):
+        self.prompts += len(prompts)
+        return self.inner.generate(prompts, settings, seed)
+
+
+def test_interrupted_run_resumes_to_same_records(sample_root, tiny, tmp_path):
+    tok, backend = tiny
+    items = ev.build_items(discover_folders(sample_root, ["action_implicit_expand"]), tok)[0][::8]  # 10 prompts
+    groups = ev.batches(items, [len(i.prompt) for i in items], batch_size=4)
+    settings = GenerationSettings(n=2, temperature=0.8, top_p=0.95, max_new_tokens=24)
+    whole = list(ev.generate_records(backend, groups, settings, 7, LOW, HIGH))
+    assert len(whole) == 2 * len(items)
+
+    partial = ev.PartialLog(tmp_path / "p.jsonl.partial", "fp-1")
+    run = ev.generate_records(backend, groups, settings, 7, LOW, HIGH, partial)
+    first = [next(run) for _ in range(2 * len(groups[0]))]  # interrupted after the first batch
+    run.close()
+    with open(partial.path, "a", encoding="utf-8") as f:
+        f.write('{"batch": 1, "records": [{"id"')  # a batch torn by the interruption
+    counting = CountingBackend(backend)
+    resumed = list(ev.generate_records(counting, groups, settings, 7, LOW, HIGH, partial))
+    assert resumed == whole and first == whole[:len(first)]
+    assert counting.prompts == len(items) - len(groups[0])
+
+    stale = ev.PartialLog(partial.path, "fp-2")  # other inputs: nothing is reused
+    assert stale.load() == {}
+    lines = partial.path.read_text().splitlines()
+    partial.path.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
+    with pytest.raises(InputError, match=r"p.jsonl.partial:2"):
+        partial.load()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage eval end to end
+
+
+def stage_main():
+    """main() of stages/eval.py, run in-process (the tiny model loads in a fraction of a second this way)."""
+    spec = importlib.util.spec_from_file_location("stage_eval", REPO / "stages" / "eval.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    return stage.main
+
+
+@pytest.fixture
+def workdir(tmp_path, tiny_base, sample_root, monkeypatch) -> Path:
+    """A copy of the repo's params and dvc.yaml around the tiny base, sized for a test."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    shutil.copytree(sample_root, work / "data" / "lawshift-sample")
+    shutil.copytree(tiny_base, work / "models" / "base")
+    shutil.copy(REPO / "dvc.yaml", work / "dvc.yaml")
+    set_eval(work / "params.yaml", yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")),
+             folders=["action_explicit_extend"], max_new_tokens=48, train_subset=4, batch_size=20)
+    monkeypatch.chdir(work)
+    return work
+
+
+def set_eval(path: Path, params: dict, **changes) -> dict:
+    params["eval"].update(changes)
+    path.write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    load_params(path)  # still valid
+    return params
+
+
+def test_stage_base_then_sft(workdir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    main = stage_main()
+    main("base")
+    metrics = json.loads(Path("metrics/eval_base.json").read_text())
+    assert set(metrics) == {"overall", "by_label", "folders", "charge_accuracy", "term_exact_accuracy",
+                            "train_exact"}
+    assert set(metrics["overall"]) == {"original", "poisoned", "gap", "format_valid"}
+    assert metrics["folders"]["action_explicit_extend"]["n"] == 40 and metrics["overall"]["format_valid"] > 0.5
+    preds = [json.loads(line) for line in Path("outputs/predictions_base.jsonl").read_text().splitlines()]
+    assert len(preds) == 84 and {p["split"] for p in preds} == {"original", "poisoned", "train"}
+    assert preds == sorted(preds, key=lambda p: (p["split"] == "train", p["split"], p["index"]))
+    assert ev.compute_metrics(preds) == metrics
+    report = Path("reports/eval_base.md").read_text()
+    assert "| action_explicit_extend | V" in report.replace("  ", " ").replace("  ", " ")
+    assert Path("plots/eval_base_folders.csv").read_text().startswith("bar,folder,split,accuracy\n")
+    assert not Path("outputs/predictions_base.jsonl.partial").exists()
+
+    main("base")  # greedy: a rerun reproduces the metrics exactly
+    assert json.loads(Path("metrics/eval_base.json").read_text()) == metrics
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained("models/base")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained("models/sft")
+    main("sft")
+    sft = [json.loads(line) for line in Path("outputs/predictions_sft.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in sft] == [p["id"] for p in preds]
+    assert [p["answer"] for p in sft] != [p["answer"] for p in preds]  # the adapter was applied
+    assert Path("reports/eval_sft.md").is_file() and Path("plots/eval_sft_term_errors.csv").is_file()
+
+
+@pytest.mark.parametrize("name,match", [("nope", "unknown model 'nope'"),
+                                        ("sft", "no adapter_model.safetensors")])
+def test_stage_refuses_bad_model(workdir, name, match):
+    with pytest.raises(InputError, match=match):
+        stage_main()(name)
+    assert not Path("metrics").exists()
+
+
+def test_stage_refuses_prompt_beyond_context(workdir):
+    set_eval(Path("params.yaml"), yaml.safe_load(Path("params.yaml").read_text()), max_new_tokens=4000)
+    with pytest.raises(InputError, match="eval.max_new_tokens.*context is 2048"):
+        stage_main()("base")
+
+
+def git(*args, cwd):
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.com"}
+    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
+
+
+def dvc(*args, cwd) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, check=True, capture_output=True,
+                         text=True)
+    return out.stdout
+
+
+def test_dvc_metrics_diff_between_experiments(workdir):
+    """Two experiments committed one after the other: `dvc metrics diff` lists the overall figures."""
+    git("init", "-q", cwd=workdir)
+    dvc("init", "-q", cwd=workdir)
+    main = stage_main()
+    main("base")
+    before = json.loads(Path("metrics/eval_base.json").read_text())
+    git("add", "dvc.yaml", "params.yaml", "metrics/eval_base.json", cwd=workdir)
+    git("commit", "-q", "-m", "exp 1", cwd=workdir)
+    # Experiment 2: answers cut off after 4 tokens never parse, so both overall figures drop to 0.
+    set_eval(Path("params.yaml"), yaml.safe_load(Path("params.yaml").read_text()), max_new_tokens=4)
+    main("base")
+    after = json.loads(Path("metrics/eval_base.json").read_text())
+    assert after["overall"]["original"] == after["overall"]["poisoned"] == 0.0 < before["overall"]["original"]
+    table = dvc("metrics", "diff", cwd=workdir)
+    rows = {line.split()[1]: line.split() for line in table.splitlines() if "metrics/eval_base.json" in line}
+    for key in ("overall.original", "overall.poisoned"):
+        assert key in rows, table
+        assert float(rows[key][2]) == pytest.approx(before["overall"][key.split(".")[1]], abs=1e-4)
+        assert float(rows[key][3]) == 0.0

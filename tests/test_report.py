@@ -1,0 +1,85 @@
+"""Tests for lawshift.report: the per-folder table, markdown escaping of model text, and the plot CSVs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from lawshift.report import escape_md, folder_plot, folder_table, report_markdown, term_error_plot
+
+METRICS = {
+    "overall": {"original": 0.6875, "poisoned": 0.5625, "gap": 0.125, "format_valid": 0.888889},
+    "by_label": {"TU": {"original": 0.5, "poisoned": 0.5, "gap": 0.0, "format_valid": 1.0, "n": 2},
+                 "V": {"original": 1.0, "poisoned": 0.0, "gap": 1.0, "format_valid": 0.75, "n": 2}},
+    "folders": {"action_explicit_extend": {"label": "V", "original": 1.0, "poisoned": 0.0, "n": 2},
+                "term_up": {"label": "TU", "original": 0.5, "poisoned": 0.5, "n": 2},
+                "term_down": {"label": "TD", "original": 0.0, "poisoned": None, "n": 1}},
+    "charge_accuracy": 0.875, "term_exact_accuracy": 0.4375, "train_exact": None,
+}
+
+
+def test_folder_table():
+    table = folder_table(METRICS)
+    assert list(table.columns) == ["folder", "label", "original", "poisoned", "change"]
+    assert table.values.tolist() == [
+        ["action_explicit_extend", "V", "100.0%", "0.0%", "-100.0 pp"],
+        ["term_up", "TU", "50.0%", "50.0%", "+0.0 pp"],
+        ["term_down", "TD", "0.0%", "–", "–"],
+        ["**overall**", "", "68.8%", "56.2%", "-12.5 pp"],
+    ]
+
+
+ESCAPES = [
+    ("盗窃 | 7", "盗窃 \\| 7"),
+    ("a\nb\r\nc", "a<br>b<br>c"),
+    ("<answer> x </answer>", "&lt;answer&gt; x &lt;/answer&gt;"),
+    ("a \\| b", "a \\\\\\| b"),  # a backslash before a pipe cannot un-escape it
+    ("&lt;", "&amp;lt;"),
+    ("", ""),
+]
+
+
+@pytest.mark.parametrize("text,expected", ESCAPES)
+def test_escape_md(text, expected):
+    assert escape_md(text) == expected
+
+
+UNESCAPED_PIPE = re.compile(r"(?<!\\)(?:\\\\)*\|")
+
+
+def table_cells(line: str) -> int:
+    return len(UNESCAPED_PIPE.findall(line)) - 1
+
+
+def test_report_keeps_tables_intact_with_hostile_model_text():
+    records = [{"id": "term_up/original/0", "answer": "<think>a | b\n| c | d |\n</think>", "parse": None},
+               {"id": "term_up/original/1", "answer": "ok", "parse": {"verdict": "NV"}}]
+    text = report_markdown("sft", METRICS, records, ["12 prompts | 1 answer"])
+    tables = [line for line in text.splitlines() if line.startswith("|")]
+    widths = {line.split("|")[1].strip(): table_cells(line) for line in tables}
+    assert widths["folder"] == widths["action_explicit_extend"] == widths["**overall**"] == 5
+    assert widths["prompt"] == widths["term_up/original/0"] == 2
+    assert "term_up/original/1" not in text  # parsed answers are not quoted
+    assert "a \\| b<br>\\| c \\| d \\|<br>&lt;/think&gt;" in text
+    assert "- 12 prompts \\| 1 answer" in text
+    assert "training subset: –" in text and "charge accuracy (original split): 87.5%" in text
+
+
+def test_folder_plot_rows():
+    rows = folder_plot(METRICS)
+    assert rows.to_dict("records")[:2] == [
+        {"bar": "action_explicit_extend · original", "folder": "action_explicit_extend", "split": "original",
+         "accuracy": 1.0},
+        {"bar": "action_explicit_extend · poisoned", "folder": "action_explicit_extend", "split": "poisoned",
+         "accuracy": 0.0}]
+    assert len(rows) == 6
+
+
+def test_term_error_plot_counts_and_clips():
+    records = [{"term_error": e} for e in (0, 0, 2, -1, 500, None)] + [{"split": "train"}]
+    rows = term_error_plot(records, clip=3)
+    assert rows["term_error_months"].tolist() == [-1, 0, 1, 2, 3]
+    assert rows["answers"].tolist() == [1, 2, 0, 1, 1]
+    assert rows["share"].tolist() == [0.2, 0.4, 0.0, 0.2, 0.2]
+    assert term_error_plot([{"term_error": None}]).empty
