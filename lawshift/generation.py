@@ -47,6 +47,13 @@ class Backend(Protocol):
     def generate(self, prompts: list[str], settings: GenerationSettings, seed: int) -> list[PromptResult]: ...
 
 
+# transformers fills every generation knob a call leaves unset from the model's generation_config.json, and hub
+# models ship their own (Qwen2.5-Instruct: repetition_penalty 1.1, top_k 20, ...). Pinning the other logits
+# processors to their no-op values makes the answers depend only on GenerationSettings, as with vLLM.
+NEUTRAL_LOGITS = dict(repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0)
+NEUTRAL_SAMPLING = dict(min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)  # read only when sampling
+
+
 class HFBackend:
     """Batched transformers generation: one `generate` call for all prompts given."""
 
@@ -67,11 +74,12 @@ class HFBackend:
         torch.manual_seed(seed)
         n = 1 if settings.greedy else settings.n
         kwargs = dict(max_new_tokens=settings.max_new_tokens, eos_token_id=self.eos_ids,
-                      pad_token_id=tok.pad_token_id, num_return_sequences=n)
+                      pad_token_id=tok.pad_token_id, num_return_sequences=n, **NEUTRAL_LOGITS)
         if settings.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
-            kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+            kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
+                          **NEUTRAL_SAMPLING)
         out = self.model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1]:]
         results = []

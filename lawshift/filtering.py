@@ -1,0 +1,162 @@
+"""Rejection sampling, second half: keep the right answers of outputs/samples.jsonl and weight them.
+
+The `filter` stage (`stages/filter.py`, normally `dvc repro filter`) re-parses every sampled answer with
+`lawshift.answers.parse_answer` (so a parser change reruns only filter -> train -> eval, never sampling) and
+accepts it when `lawshift.scoring.is_correct` holds: right verdict, charge and term, the term within
+`filter.term_tolerance` months; a life or death gold term needs the answer `XT`.
+
+Per case, in the order sampled:
+
+1. accepted answers that repeat an earlier accepted answer after whitespace normalisation are dropped
+   (`filter.dedup`, counted as `duplicates_removed`);
+2. n = the distinct accepted answers left; each gets weight 1/n (`filter.weighting: inverse_n`, so every case
+   with an accepted answer counts once in training) or 1 (`uniform`).
+
+Outputs: `outputs/sft.jsonl`, one accepted answer per line
+
+    {"case_id", "fact", "relevant_articles", "charge", "prison_time", "prompt", "response",
+     "num_correct_for_this_sample": n, "weight"}
+
+`metrics/filter.json`: the reference statistics, which count accepted answers before deduplication as the
+reference did (`total_accepted`, `acceptance_rate`, `avg_correct_per_sample`; identical to the reference's with
+`dedup: false`), plus `sft_examples` (lines written), `duplicates_removed` and `format_error_rate`.
+`plots/filter_accepted.csv` (`accepted,cases`): how many cases have 0..N accepted answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lawshift import files
+from lawshift.answers import parse_answer
+from lawshift.data import Case, case_from_record
+from lawshift.files import InputError
+from lawshift.params import FilterParams
+from lawshift.scoring import is_correct
+
+WEIGHTINGS = ("inverse_n", "uniform")
+
+
+def check_params(fp: FilterParams, params_file: str = "params.yaml") -> None:
+    if fp.weighting not in WEIGHTINGS:
+        raise InputError(params_file, f"unknown weighting {fp.weighting!r}, expected one of {WEIGHTINGS}",
+                         field="filter.weighting")
+    if fp.term_tolerance < 0:
+        raise InputError(params_file, f"must be >= 0, got {fp.term_tolerance}", field="filter.term_tolerance")
+
+
+def normalize_whitespace(text: str) -> str:
+    """Runs of whitespace become one space and the ends are stripped: `a  b\n` and `a b` are one answer."""
+    return " ".join(text.split())
+
+
+@dataclass(frozen=True)
+class SampledCase:
+    """One record of outputs/samples.jsonl, as far as filtering needs it."""
+
+    case_id: str
+    case: Case
+    prompt: str
+    answers: tuple[str, ...]
+
+
+def read_sampled_case(rec: object, path: str | Path, index: int) -> SampledCase:
+    """Validate one samples.jsonl record; a bad one is an InputError naming the record and field."""
+    case = case_from_record(rec, path, index)
+    for key in ("case_id", "prompt"):
+        if not isinstance(rec.get(key), str):
+            raise InputError(path, "missing" if key not in rec else "must be a string", index, key)
+    answers = rec.get("answers")
+    if not isinstance(answers, list):
+        raise InputError(path, "missing" if "answers" not in rec else "must be a list", index, "answers")
+    for j, a in enumerate(answers):
+        if not isinstance(a, dict) or not isinstance(a.get("text"), str):
+            raise InputError(path, "must be an object with a string 'text'", index, f"answers[{j}]")
+    return SampledCase(rec["case_id"], case, rec["prompt"], tuple(a["text"] for a in answers))
+
+
+@dataclass
+class CaseOutcome:
+    generated: int  # answers sampled
+    format_errors: int  # answers parse_answer could not read
+    accepted: int  # answers that pass is_correct, duplicates included
+    duplicates: int  # accepted answers dropped as repeats
+    kept: int  # n: the distinct accepted answers, one outputs/sft.jsonl line each
+    records: list[dict] = field(default_factory=list)  # those lines (dropped once written, see `run`)
+
+
+def filter_case(sampled: SampledCase, term_tolerance: int = 0, dedup: bool = True,
+                weighting: str = "inverse_n") -> CaseOutcome:
+    """Accept, deduplicate and weight the answers of one case."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}, expected one of {WEIGHTINGS}")
+    parses = [parse_answer(text) for text in sampled.answers]
+    accepted = [text for text, ans in zip(sampled.answers, parses, strict=True)
+                if is_correct(ans, sampled.case, term_tolerance)]
+    kept, seen = [], set()
+    for text in accepted:
+        key = normalize_whitespace(text)
+        if dedup and key in seen:
+            continue
+        seen.add(key)
+        kept.append(text)
+    n = len(kept)
+    weight = 1.0 / n if weighting == "inverse_n" and n else 1.0
+    base = {"case_id": sampled.case_id, **sampled.case.to_dict(), "prompt": sampled.prompt}
+    records = [{**base, "response": text, "num_correct_for_this_sample": n, "weight": weight} for text in kept]
+    return CaseOutcome(len(parses), sum(a is None for a in parses), len(accepted), len(accepted) - n, n, records)
+
+
+def summarise(outcomes: Iterable[CaseOutcome]) -> dict:
+    """The reference statistics (accepted answers counted before deduplication, as the reference did), plus the
+    answers actually written, duplicates dropped and format errors."""
+    outcomes = list(outcomes)
+    cases = len(outcomes)
+    generated = sum(o.generated for o in outcomes)
+    accepted = sum(o.accepted for o in outcomes)
+    errors = sum(o.format_errors for o in outcomes)
+    return {
+        "total_samples": cases,
+        "total_generated": generated,
+        "total_accepted": accepted,
+        "acceptance_rate": round(accepted / generated, 6) if generated else 0.0,
+        "samples_with_no_correct": sum(o.accepted == 0 for o in outcomes),
+        "avg_correct_per_sample": round(accepted / cases, 6) if cases else 0.0,
+        "sft_examples": sum(o.kept for o in outcomes),  # lines of outputs/sft.jsonl
+        "duplicates_removed": sum(o.duplicates for o in outcomes),
+        "format_errors": errors,
+        "format_error_rate": round(errors / generated, 6) if generated else 0.0,
+    }
+
+
+def accepted_histogram(outcomes: Iterable[CaseOutcome]) -> list[dict]:
+    """Rows `accepted, cases` for every count from 0 to the most answers any case had, zeros included."""
+    outcomes = list(outcomes)
+    top = max((o.generated for o in outcomes), default=0)
+    counts = Counter(o.accepted for o in outcomes)
+    return [{"accepted": k, "cases": counts.get(k, 0)} for k in range(top + 1)]
+
+
+def run(samples: Path, sft: Path, fp: FilterParams) -> list[CaseOutcome]:
+    """Filter every case of `samples` into `sft` (atomic). Returns per-case outcomes, their records dropped."""
+    outcomes = []
+    with files.atomic_path(sft) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        for index, (_, rec) in enumerate(files.read_jsonl(samples)):
+            outcome = filter_case(read_sampled_case(rec, samples, index), fp.term_tolerance, fp.dedup, fp.weighting)
+            out.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in outcome.records)
+            outcome.records = []  # written; the counts are all the metrics need
+            outcomes.append(outcome)
+        if not outcomes:
+            raise InputError(samples, "no sampled cases (empty file)")
+        out.flush()
+        os.fsync(out.fileno())
+    return outcomes
+
+
+def write_histogram(path: Path, rows: list[dict]) -> None:
+    files.write_text(path, "accepted,cases\n" + "".join(f"{r['accepted']},{r['cases']}\n" for r in rows))

@@ -1,0 +1,389 @@
+"""Rejection sampling, first half: N answers per training case from the base policy, saved so nothing is lost.
+
+The `sample` stage (`stages/sample.py`, normally `dvc repro sample`) renders one prompt per training case,
+sends `sample.batch_size` cases to the backend per call (never one case at a time), and appends one record per
+case to a JSONL file after every batch, flushed and fsynced. Acceptance is decided later by the `filter` stage, so
+changing the acceptance rule never reruns this expensive half.
+
+Files
+-----
+`outputs/samples.jsonl.partial` while running. Line 1 is a header, `{"fingerprint": …, "settings": {…}}`; every
+further line is a case record. A rerun after Ctrl-C or SIGKILL reads it back and continues:
+
+* header fingerprint differs (model, data, articles, prompts or sampling settings changed): one line says so and
+  sampling starts afresh;
+* an unterminated last line is the torn tail of a killed write: it is cut off and its case redone;
+* a corrupt line before that is an `InputError` with its line number (never skipped silently);
+* cases already recorded are skipped, so every case ends up exactly once.
+
+When every case is done the records are written, in training-set order and without the header, to
+`outputs/samples.jsonl` (temp file + rename) and the partial file is removed. So `samples.jsonl` only ever holds
+a complete run, which is what DVC records (the stage declares it `persist: true` so DVC leaves it in place).
+
+Case record (one JSON object per line of `outputs/samples.jsonl`):
+
+    {"index": 0,                      # position in training_set.json
+     "case_id": "…",                  # Case.case_id: sha256 of fact + articles
+     "fact": "…", "relevant_articles": ["354-0-0"], "charge": "容留他人吸毒", "prison_time": 7,   # gold labels
+     "prompt": "…",                   # the exact rendered chat prompt
+     "prompt_tokens": 312, "generated_tokens": 496,
+     "answers": [{"text": "<think>…</think><answer> 容留他人吸毒 | 7 </answer>",
+                  "num_tokens": 62, "finished": true,                       # stopped at eos
+                  "parse": {"verdict": "V", "charge": "容留他人吸毒", "term": 7}}, …]}   # parse_answer; null if none
+
+Batches form a fixed grid over the case list and each batch's seed derives from (`sample.seed`, index of its
+first case), so a run resumed at a batch boundary draws the same answers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lawshift import files
+from lawshift.answers import Answer, parse_answer
+from lawshift.data import ArticleLookup, Case
+from lawshift.files import InputError
+from lawshift.generation import Backend, GenerationSettings, PromptResult
+from lawshift.params import SampleParams
+from lawshift.prompts import build_messages, render_prompt
+from lawshift.scoring import is_correct
+
+BACKENDS = ("hf", "vllm")
+# Settings that change what is generated; device and vLLM memory knobs do not change the records' meaning.
+SAMPLING_KEYS = ("backend", "num_samples", "temperature", "top_p", "max_new_tokens", "batch_size", "seed",
+                 "shard_index", "num_shards")
+
+
+def check_params(sp: SampleParams, params_file: str = "params.yaml") -> None:
+    """Fail before loading anything when a sample param cannot work."""
+    def bad(name: str, why: str) -> InputError:
+        return InputError(params_file, why, field=f"sample.{name}")
+
+    if sp.backend not in BACKENDS:
+        raise bad("backend", f"unknown backend {sp.backend!r}, expected one of {BACKENDS}")
+    for name in ("num_samples", "max_new_tokens", "batch_size", "num_shards"):
+        if getattr(sp, name) < 1:
+            raise bad(name, f"must be >= 1, got {getattr(sp, name)}")
+    if sp.temperature < 0:
+        raise bad("temperature", f"must be >= 0, got {sp.temperature}")
+    if not 0 < sp.top_p <= 1:
+        raise bad("top_p", f"must be in (0, 1], got {sp.top_p}")
+    if not 0 <= sp.shard_index < sp.num_shards:
+        raise bad("shard_index", f"must be in [0, num_shards={sp.num_shards}), got {sp.shard_index}")
+
+
+def output_path(sp: SampleParams, out: str | Path = "outputs/samples.jsonl") -> Path:
+    """One shard of a multi-machine run writes its own file (concatenate them to merge; order does not matter)."""
+    out = Path(out)
+    if sp.num_shards == 1:
+        return out
+    return out.with_name(f"{out.stem}.shard{sp.shard_index}-of-{sp.num_shards}{out.suffix}")
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def shard_indices(n_cases: int, sp: SampleParams, params_file: str = "params.yaml") -> list[int]:
+    indices = list(range(sp.shard_index, n_cases, sp.num_shards))
+    if not indices:
+        raise InputError(params_file, f"shard {sp.shard_index} of {sp.num_shards} gets none of the {n_cases} cases",
+                         field="sample.shard_index")
+    return indices
+
+
+def longest_first(indices: Sequence[int], prompts: Sequence[str], lengths: Sequence[int]) -> tuple[list, list]:
+    """Process long prompts first: batches of similar length waste less padding, and an out-of-memory batch
+    fails in the first minute rather than hours in. The output is still written in training-set order."""
+    order = sorted(range(len(indices)), key=lambda k: -lengths[k])
+    return [indices[k] for k in order], [prompts[k] for k in order]
+
+
+def build_prompts(cases: Sequence[Case], indices: Sequence[int], lookup: ArticleLookup, tokenizer,
+                  source: str | Path) -> list[str]:
+    """The rendered chat prompt of each selected case (missing article ids are counted by `lookup`)."""
+    return [render_prompt(tokenizer, build_messages(cases[i].fact, lookup.for_case(cases[i], i, source)))
+            for i in indices]
+
+
+# --- fingerprint -------------------------------------------------------------------------------------------------
+
+def _sha256_file(path: Path, h) -> None:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    _sha256_file(Path(path), h)
+    return h.hexdigest()
+
+
+def model_digest(name_or_path: str) -> str:
+    """Content hash of a local model directory (every file, by relative path); a hub id stands for itself."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return f"hub:{name_or_path}"
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        _sha256_file(f, h)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def run_settings(sp: SampleParams, model: str, training_set: str | Path, articles: str | Path,
+                 prompts: Sequence[str]) -> dict:
+    """Everything that decides the records' content; its hash is the partial file's fingerprint."""
+    prompts_hash = hashlib.sha256("\0".join(prompts).encode("utf-8")).hexdigest()
+    return {"model": model_digest(model), "training_set": file_digest(training_set),
+            "articles": file_digest(articles), "prompts": prompts_hash,
+            **{k: getattr(sp, k) for k in SAMPLING_KEYS}}
+
+
+def fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+# --- records and counters ----------------------------------------------------------------------------------------
+
+def batch_seed(seed: int, first_index: int) -> int:
+    """A batch's seed depends only on the run seed and its first case, so resuming redraws the same answers."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{first_index}".encode()).digest()[:4], "big")
+
+
+def parse_dict(text: str) -> dict | None:
+    answer = parse_answer(text)
+    return None if answer is None else dataclasses.asdict(answer)
+
+
+def case_record(index: int, case: Case, prompt: str, result: PromptResult) -> dict:
+    answers = [{"text": c.text, "num_tokens": c.num_tokens, "finished": c.finished, "parse": parse_dict(c.text)}
+               for c in result.completions]
+    return {"index": index, "case_id": case.case_id, **case.to_dict(), "prompt": prompt,
+            "prompt_tokens": result.prompt_tokens, "generated_tokens": sum(a["num_tokens"] for a in answers),
+            "answers": answers}
+
+
+@dataclass
+class Tally:
+    """Running totals over case records. `correct` uses the exact rule (tolerance 0): a preview, filter decides."""
+
+    cases: int = 0
+    answers: int = 0
+    correct: int = 0
+    format_errors: int = 0
+    unfinished: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+
+    def clear(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, 0)
+
+    def add(self, rec: dict, path: str | Path = "", line: int | None = None) -> None:
+        try:
+            gold = Case(rec["fact"], tuple(rec["relevant_articles"]), rec["charge"], rec["prison_time"])
+            parses = [None if a["parse"] is None else Answer(**a["parse"]) for a in rec["answers"]]
+            finished = [bool(a["finished"]) for a in rec["answers"]]
+            prompt_tokens, generated_tokens = int(rec["prompt_tokens"]), int(rec["generated_tokens"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(path, f"malformed case record ({err!r}); delete the file to start afresh",
+                             line=line) from None
+        self.cases += 1
+        self.answers += len(parses)
+        self.format_errors += sum(a is None for a in parses)
+        self.unfinished += sum(not f for f in finished)
+        self.correct += sum(is_correct(a, gold) for a in parses)
+        self.prompt_tokens += prompt_tokens
+        self.generated_tokens += generated_tokens
+
+
+# --- the resumable partial file ----------------------------------------------------------------------------------
+
+class PartialFile:
+    """The partial JSONL: continued when its fingerprint matches, else started afresh; appended to per batch.
+
+    `done` maps each recorded case index to the (byte offset, length) of its line, so `finalize` can write the
+    records in training-set order without holding them in memory.
+    """
+
+    def __init__(self, path: Path, settings: dict, case_ids: dict[int, str], tally: Tally):
+        self.path, self.settings, self.case_ids = path, settings, case_ids
+        self.fp = fingerprint(settings)
+        self.done: dict[int, tuple[int, int]] = {}  # filled by _scan
+        self.size = 0  # bytes of complete lines: where the next record goes
+        why = self._scan(tally) if path.is_file() else "new"
+        if why is not None:
+            if why != "new":
+                print(f"sample: {path}: {why}; starting afresh", file=sys.stderr)
+            self.done.clear()
+            tally.clear()
+            # The header goes in atomically, so a partial file always starts with a complete one.
+            files.write_text(path, json.dumps({"fingerprint": self.fp, "settings": settings}, sort_keys=True) + "\n")
+            self.size = path.stat().st_size
+        self.resumed = len(self.done)
+        self.f = open(path, "ab")
+
+    def _scan(self, tally: Tally) -> str | None:
+        """Read back what is done; returns why the file cannot be continued, or None."""
+        with open(self.path, "rb") as f:
+            header = f.readline()
+            try:
+                head = json.loads(header) if header.endswith(b"\n") else None
+            except ValueError:
+                head = None
+            if not isinstance(head, dict) or "fingerprint" not in head:
+                return "no readable header line"
+            if head["fingerprint"] != self.fp:
+                old = head.get("settings") if isinstance(head.get("settings"), dict) else {}
+                changed = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
+                return f"written with different settings ({', '.join(changed) or 'fingerprint'})"
+            self.size = len(header)
+            for lineno, raw in enumerate(f, start=2):
+                if not raw.endswith(b"\n"):
+                    # A killed write: the rest of this line never reached the disk. Cut it off and redo its case.
+                    os.truncate(self.path, self.size)
+                    print(f"sample: {self.path}:{lineno}: dropped a torn last line (an interrupted write)",
+                          file=sys.stderr)
+                    break
+                index, rec = self._check_line(lineno, raw)
+                tally.add(rec, self.path, lineno)
+                self.done[index] = (self.size, len(raw))
+                self.size += len(raw)
+        return None
+
+    def _check_line(self, lineno: int, raw: bytes) -> tuple[int, dict]:
+        try:
+            rec = json.loads(raw)
+        except ValueError as err:
+            raise InputError(self.path, f"corrupt line ({err}); delete the file to start afresh",
+                             line=lineno) from None
+        index = rec.get("index") if isinstance(rec, dict) else None
+        if index not in self.case_ids or rec.get("case_id") != self.case_ids[index]:
+            raise InputError(self.path, "record for a case this run does not sample; delete the file to start "
+                                        "afresh", line=lineno, field="case_id")
+        if index in self.done:
+            raise InputError(self.path, f"case {index} recorded twice; delete the file to start afresh", line=lineno)
+        return index, rec
+
+    def append(self, records: list[dict]) -> None:
+        """One write per batch, then flush and fsync: once this returns the batch survives a kill or power loss."""
+        lines = [(json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in records]
+        self.f.write(b"".join(lines))
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        for rec, line in zip(records, lines, strict=True):
+            self.done[rec["index"]] = (self.size, len(line))
+            self.size += len(line)
+
+    def close(self) -> None:
+        self.f.close()
+
+    def finalize(self, out: Path, order: Sequence[int]) -> Tally:
+        """Write the records in `order`, header dropped, to `out` atomically; remove the partial file."""
+        self.close()
+        tally = Tally()
+        with files.atomic_path(out) as tmp:
+            with open(self.path, "rb") as src, open(tmp, "wb") as dst:
+                for index in order:
+                    offset, length = self.done[index]
+                    src.seek(offset)
+                    raw = src.read(length)
+                    tally.add(json.loads(raw), self.path)
+                    dst.write(raw)
+                dst.flush()
+                os.fsync(dst.fileno())
+        self.path.unlink()
+        return tally
+
+
+# --- the sampling loop -------------------------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    cases: Sequence[Case]  # the whole training set: record indices refer to it
+    indices: list[int]  # the cases this run samples (all of them, or one shard), in processing order
+    prompts: list[str]  # rendered prompt of each selected case
+    settings: dict  # run_settings(...)
+
+
+@dataclass
+class RunStats:
+    tally: Tally
+    resumed_cases: int
+    new_tokens: int
+    generate_seconds: float
+
+
+def sample(job: Job, backend: Backend, sp: SampleParams, out: Path) -> RunStats:
+    """Generate every case of `job` not yet in the partial file, then write `out`. Ctrl-C keeps what is done."""
+    tally = Tally()
+    partial = PartialFile(partial_path(out), job.settings, {i: job.cases[i].case_id for i in job.indices}, tally)
+    gen = GenerationSettings(sp.num_samples, sp.temperature, sp.top_p, sp.max_new_tokens)
+    new_tokens, seconds = 0, 0.0
+    bar = tqdm(total=len(job.indices), initial=partial.resumed, unit="case", desc="sample", dynamic_ncols=True)
+    bar.set_postfix(accepted=tally.correct)
+    try:
+        # A fixed grid of batches over the selected cases: a resumed run meets the same batch boundaries and seeds.
+        for start in range(0, len(job.indices), sp.batch_size):
+            todo = [k for k in range(start, min(start + sp.batch_size, len(job.indices)))
+                    if job.indices[k] not in partial.done]
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            results = backend.generate([job.prompts[k] for k in todo], gen, batch_seed(sp.seed, job.indices[start]))
+            seconds += time.perf_counter() - t0
+            records = [case_record(job.indices[k], job.cases[job.indices[k]], job.prompts[k], r)
+                       for k, r in zip(todo, results, strict=True)]
+            partial.append(records)
+            for rec in records:
+                tally.add(rec)
+                new_tokens += rec["generated_tokens"]
+            bar.update(len(records))
+            bar.set_postfix(accepted=tally.correct, tok_s=f"{new_tokens / max(seconds, 1e-9):.0f}")
+    except KeyboardInterrupt:
+        bar.close()
+        partial.close()
+        print(f"\nsample: interrupted; {tally.cases} of {len(job.indices)} cases are saved in {partial.path}. "
+              "Rerun to continue.", file=sys.stderr)
+        raise SystemExit(130) from None
+    bar.close()
+    return RunStats(partial.finalize(out, sorted(job.indices)), partial.resumed, new_tokens, seconds)
+
+
+def make_backend(sp: SampleParams, base: str, device, *, trust_remote_code: bool, allow_pickle: bool,
+                 max_model_len: int) -> Backend:
+    """The generation backend `sample.backend` names, loaded from the resolved base model."""
+    if sp.backend == "vllm":
+        from lawshift.vllm_backend import VLLMBackend
+
+        return VLLMBackend(base, tensor_parallel_size=sp.tensor_parallel_size,
+                           gpu_memory_utilization=sp.gpu_memory_utilization, seed=sp.seed,
+                           max_model_len=max_model_len, trust_remote_code=trust_remote_code)
+    from lawshift import models
+    from lawshift.generation import HFBackend
+
+    model = models.load_model(base, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    return HFBackend(model, models.load_tokenizer(base, trust_remote_code), device)
+
+
+def metrics(stats: RunStats, backend: str, device: str, missing_articles: int) -> dict:
+    t = stats.tally
+    # Throughput of this run's generate calls only: model loading and resumed cases are not in it.
+    tok_s = round(stats.new_tokens / stats.generate_seconds, 1) if stats.generate_seconds else None
+    return {"cases": t.cases, "answers_generated": t.answers, "generated_tokens": t.generated_tokens,
+            "prompt_tokens": t.prompt_tokens, "tokens_per_second": tok_s, "backend": backend, "device": device,
+            "missing_articles": missing_articles, "resumed_cases": stats.resumed_cases, "correct_exact": t.correct,
+            "format_errors": t.format_errors, "unfinished_answers": t.unfinished}
