@@ -90,14 +90,17 @@ class TrainParams:
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     num_train_epochs: float = 3.0
+    max_steps: int = -1  # >0 stops after this many optimizer steps (overrides epochs); -1 = train all epochs
     per_device_train_batch_size: int = 2
     gradient_accumulation_steps: int = 8
     learning_rate: float = 2e-4
     warmup_steps: int = 100
     lr_scheduler_type: str = "cosine"
     weight_decay: float = 0.01
+    max_grad_norm: float = 1.0  # gradient clipping (the Trainer default the reference ran with); 0 = off
     logging_steps: int = 10
     save_steps: int = 100
+    save_total_limit: int = 2  # checkpoints kept in checkpoints/sft (only to resume an interrupted run)
     max_length: int = 4096
     gradient_checkpointing: bool = True
     optim: str = "paged_adamw_32bit"
