@@ -11,6 +11,7 @@ This is a stand-in that exercises the method's mechanics; it is not a legal mode
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import torch
 from tqdm import tqdm
@@ -20,7 +21,7 @@ from lawshift.data import ArticleLookup, Case
 from lawshift.examples import collate, encode_example, per_sequence_loss
 from lawshift.prompts import build_messages, render_prompt
 
-NOISE_OFFSETS = (-2, -1, 1, 2, 3)  # months added to a perturbed term
+NOISE_OFFSETS = (-2, -1, 1, 2, 3)  # months that may be added to a perturbed term, unless told otherwise
 
 
 def template_response(case: Case, articles: list[tuple[str, str]], prison_time: int) -> str:
@@ -34,18 +35,18 @@ def template_response(case: Case, articles: list[tuple[str, str]], prison_time: 
     return f"<think>{think}</think>{format_answer(case.charge, prison_time)}"
 
 
-def noisy_term(prison_time: int, rng: random.Random, noise: float) -> int:
-    """With probability `noise`, a different fixed term near the gold one (>= 1 month); XT terms are kept."""
+def noisy_term(prison_time: int, rng: random.Random, noise: float, offsets: Sequence[int] = NOISE_OFFSETS) -> int:
+    """With probability `noise`, a different fixed term `gold + offset` (>= 1 month); XT terms are kept."""
     if prison_time in (LIFE, DEATH) or rng.random() >= noise:
         return prison_time
     # Only offsets that land on another valid fixed term: clamping (1 - 1 -> 1) would silently keep the gold
     # term, and a term must never become the life/death codes.
-    terms = [t for t in (prison_time + o for o in NOISE_OFFSETS) if 1 <= t < LIFE and t != prison_time]
-    return rng.choice(terms)
+    terms = [t for t in (prison_time + o for o in offsets) if 1 <= t < LIFE and t != prison_time]
+    return rng.choice(terms) if terms else prison_time
 
 
 def warm_start(model, tokenizer, cases: list[Case], lookup: ArticleLookup, *, steps: int, batch_size: int,
-               lr: float, noise: float, seed: int) -> list[float]:
+               lr: float, noise: float, seed: int, offsets: Sequence[int] = NOISE_OFFSETS) -> list[float]:
     """Train all weights of `model` in place; returns the loss of each step."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -60,7 +61,7 @@ def warm_start(model, tokenizer, cases: list[Case], lookup: ArticleLookup, *, st
     for _ in tqdm(range(steps), desc="warm-start", unit="step"):
         batch = []
         for case, arts, prompt in rng.choices(prompts, k=batch_size):
-            term = noisy_term(case.prison_time, rng, noise)
+            term = noisy_term(case.prison_time, rng, noise, offsets)
             batch.append(encode_example(tokenizer, prompt, template_response(case, arts, term)))
         enc = collate(batch, tokenizer.pad_token_id)
         logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits

@@ -29,7 +29,7 @@ def build_tiny_base(p) -> dict:
     tokenizer = build_tokenizer(corpus_texts(Path(p.data.root)), spec.vocab_size, spec.max_position_embeddings)
     model = build_model(tokenizer, spec)
     losses = warm_start(model, tokenizer, cases, lookup, steps=t.warmup_steps, batch_size=t.warmup_batch_size,
-                        lr=t.warmup_lr, noise=t.term_noise, seed=t.seed)
+                        lr=t.warmup_lr, noise=t.term_noise, seed=t.seed, offsets=t.term_offsets)
     with files.atomic_path(OUT) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -118,3 +118,13 @@ def test_warm_start_is_deterministic(setup, first_run):
     assert all(torch.equal(state[k], state_again[k]) for k in state)
     _, other = run(setup, seed=1, steps=3)
     assert other != losses[:3]  # another seed draws other batches
+
+
+@pytest.mark.parametrize("term,offsets,expected", [
+    (7, [2], {9}),  # a systematic over-statement: every perturbed term is gold + 2
+    (7, [-2, 3], {5, 10}),
+    (1, [-1], {1}),  # no valid perturbed term (0 months): the gold term stays
+])
+def test_noisy_term_uses_the_given_offsets(term, offsets, expected):
+    rng = random.Random(3)
+    assert {noisy_term(term, rng, 1.0, offsets) for _ in range(100)} == expected
