@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test lint install clean-venv
+.PHONY: repro test lint install clean-venv reference
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,16 @@ repro: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+# The reference profile (Qwen2.5-0.5B-Instruct, full LawShift, original hyperparameters) on a GPU machine:
+#   make reference LAWSHIFT=/path/to/LawShift
+# It replaces params.yaml with profiles/reference.yaml and runs the pipeline as a DVC experiment.
+reference: $(STAMP)
+	@test -n "$(LAWSHIFT)" || { echo "usage: make reference LAWSHIFT=/path/to/LawShift"; exit 2; }
+	cp profiles/reference.yaml params.yaml
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run -S 'data.root=$(LAWSHIFT)' \
+		-S 'data.train_articles=$(LAWSHIFT)/criminal_law_articles.json'
+	$(BIN)/python -m lawshift.runinfo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

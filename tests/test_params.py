@@ -200,3 +200,18 @@ def test_yaml_tags_are_not_executed(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def _keys(tree: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in tree.items():
+        out |= _keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+    return out
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "profiles").glob("*.yaml")), ids=lambda p: p.name)
+def test_profiles_set_every_key_params_yaml_sets(path):
+    """A shipped profile replaces params.yaml whole, so it must set every key DVC tracks there."""
+    ours = _keys(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
+    theirs = _keys(yaml.safe_load(path.read_text(encoding="utf-8")))
+    assert ours == theirs
