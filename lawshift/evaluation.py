@@ -252,21 +252,26 @@ class PartialLog:
     def load(self) -> dict[int, list[dict]]:
         if not self.path.is_file():
             return {}
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        # Bytes split at b"\n" only: a kill can tear the last line inside a multi-byte character, and model text
+        # may hold U+2028 and the like, which str.splitlines() would break a record at.
+        lines = self.path.read_bytes().removesuffix(b"\n").split(b"\n")
         batches: dict[int, list[dict]] = {}
         for lineno, line in enumerate(lines, start=1):
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError:
+            except ValueError:  # bad JSON or bad UTF-8
                 if lineno == len(lines):
                     break  # torn by the interruption: that batch is generated again
                 raise InputError(self.path, "corrupt line in a partial predictions file; delete it to start over",
                                  line=lineno) from None
             if lineno == 1:
-                if obj.get("fingerprint") != self.fp:
+                if not isinstance(obj, dict) or obj.get("fingerprint") != self.fp:
                     log.info("%s is from other inputs; starting afresh", self.path)
                     return {}
                 continue
+            if not isinstance(obj, dict) or not isinstance(obj.get("batch"), int) \
+                    or not isinstance(obj.get("records"), list):
+                raise InputError(self.path, "not a batch of records; delete the file to start over", line=lineno)
             batches[obj["batch"]] = obj["records"]
         return batches
 

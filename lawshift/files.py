@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -58,17 +59,31 @@ def read_json(path: str | os.PathLike) -> Any:
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """Yield (line number, record). A corrupt line is an error, never silently skipped."""
     text = read_text(path)
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also breaks at U+2028, U+0085 and other separators that
+    # json.dumps(ensure_ascii=False) leaves raw inside strings, so model text holding one would read as corrupt.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             yield lineno, json.loads(line)
         except json.JSONDecodeError as err:
-            raise InputError(path, f"corrupt JSONL line: {err.msg}", line=lineno) from None
+            raise InputError(path, f"corrupt JSONL line: {err.msg} (column {err.colno})", line=lineno) from None
 
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False) + "\n"
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temp siblings of `path` left by a killed run (a kill skips atomic_path's cleanup): a model-sized temp dir
+    would otherwise stay forever. Only names tempfile makes for this very target match."""
+    stale = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    for old in path.parent.iterdir():
+        if stale.fullmatch(old.name):
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -80,6 +95,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     # mkdtemp reserves a unique name; callers writing a file want the name free.
     tmp.rmdir()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -63,15 +64,32 @@ def check_local_model(name_or_path: str, allow_pickle: bool = False) -> None:
                          field="model.base")
 
 
+def _cannot_load(name_or_path: str, what: str, err: Exception) -> InputError:
+    message = f"cannot load {what}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    if not Path(name_or_path).exists():
+        message += " (a hub id is read from the local Hugging Face cache only: download the model there first)"
+    return InputError(name_or_path, message, field="model.base")
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    check_local_model(name_or_path)
+    check_local_model(name_or_path, allow_pickle=True)  # only the path: no weights are read here
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:  # ValueError: a folder without tokenizer files
-        raise InputError(name_or_path, f"cannot load tokenizer: {str(err).splitlines()[0]}",
-                         field="model.base") from None
+        raise _cannot_load(name_or_path, "tokenizer", err) from None
+
+
+def load_config(name_or_path: str, trust_remote_code: bool = False):
+    """The model's config alone (no weights): enough to check sizes before anything heavy is loaded."""
+    from transformers import AutoConfig
+
+    check_local_model(name_or_path, allow_pickle=True)  # only the path: no weights are read here
+    try:
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _cannot_load(name_or_path, "config", err) from None
 
 
 def load_model(name_or_path: str, *, device: torch.device, trust_remote_code: bool = False,
@@ -88,7 +106,7 @@ def load_model(name_or_path: str, *, device: torch.device, trust_remote_code: bo
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as err:  # ValueError: a folder without a usable config.json
-        raise InputError(name_or_path, f"cannot load model: {str(err).splitlines()[0]}", field="model.base") from None
+        raise _cannot_load(name_or_path, "model", err) from None
     if quantization_config is None:
         model.to(device)
     if adapter is not None:
@@ -123,6 +141,15 @@ def write_pointer(out_dir: str | Path, name_or_path: str) -> None:
 
 
 def offline_env() -> None:
-    """No weights or data are ever downloaded by the pipeline: the hub is read from its local cache only."""
+    """No weights or data are ever downloaded by the pipeline: the hub is read from its local cache only.
+
+    An explicit HF_HUB_OFFLINE=0 in the environment still wins (setdefault).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # huggingface_hub reads the variables once, when it is imported; a stage that imported transformers first
+    # would otherwise still go online (a model id missing from the cache then retried for a minute, not failed).
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:
+        value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+        hub.HF_HUB_OFFLINE = value.upper() in {"1", "ON", "YES", "TRUE"}

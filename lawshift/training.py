@@ -85,7 +85,7 @@ from tqdm import tqdm
 
 from lawshift import models
 from lawshift.examples import Example, collate, encode_example, per_sequence_loss
-from lawshift.files import InputError, atomic_path, read_jsonl
+from lawshift.files import InputError, atomic_path, read_jsonl, write_text
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,6 @@ def load_policy(base: str, tp, device: torch.device, *, trust_remote_code: bool 
                                    bnb_4bit_compute_dtype=dtype)
     model = models.load_model(base, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
                               dtype=dtype, quantization_config=quant)
-    models.check_context(model.config, tp.max_length, "train.max_length")
     model.config.use_cache = False  # the cache is useless in training and conflicts with checkpointing
     ckpt_kwargs = {"use_reentrant": False}
     if tp.load_in_4bit:
@@ -325,10 +324,19 @@ def fingerprint(base: str, sft_path: Path, tp, trust_remote_code: bool = False) 
     return h.hexdigest()[:16]
 
 
+def _read_json_or_none(path: Path):
+    """A JSON file's content, or None when it is missing or was cut short by a kill."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
-    """Newest `checkpoint-<step>` that was fully written (the Trainer writes `trainer_state.json` last)."""
+    """Newest `checkpoint-<step>` that was fully written (the Trainer writes `trainer_state.json` last, so a
+    readable one means the rest is there)."""
     found = [p for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-             and (p / "trainer_state.json").is_file()]
+             and isinstance(_read_json_or_none(p / "trainer_state.json"), dict)]
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
@@ -337,13 +345,14 @@ def prepare_checkpoints(ckpt_dir: Path, fp: str) -> Path | None:
     ckpt_dir = Path(ckpt_dir)
     marker = ckpt_dir / FINGERPRINT
     if ckpt_dir.exists():
-        old = json.loads(marker.read_text()).get("fingerprint") if marker.is_file() else None
+        content = _read_json_or_none(marker)
+        old = content.get("fingerprint") if isinstance(content, dict) else None
         if old == fp:
             return last_complete_checkpoint(ckpt_dir)
         log.warning("discarding checkpoints in %s: made with other data or settings (%s != %s)", ckpt_dir, old, fp)
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True)
-    marker.write_text(json.dumps({"fingerprint": fp}) + "\n")
+    write_text(marker, json.dumps({"fingerprint": fp}) + "\n")
     return None
 
 
@@ -352,12 +361,19 @@ def prepare_checkpoints(ckpt_dir: Path, fp: str) -> Path | None:
 
 def truncate_live(live_dir: Path, step: int) -> None:
     """Drop DVCLive rows logged after `step`: a resumed run logs those steps again."""
+    def step_of(line: str, col: int) -> int | None:
+        try:
+            return int(line.split("\t")[col])
+        except (IndexError, ValueError):
+            return None  # a row cut short by a kill: dropped with the rows after the checkpoint
+
     for tsv in (Path(live_dir) / "plots" / "metrics").rglob("*.tsv"):
         lines = tsv.read_text(encoding="utf-8").splitlines()
-        header = lines[0].split("\t")
-        col = header.index("step")
-        keep = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) <= step]
-        tsv.write_text("\n".join(keep) + "\n", encoding="utf-8")
+        if not lines or "step" not in lines[0].split("\t"):
+            continue
+        col = lines[0].split("\t").index("step")
+        keep = [lines[0]] + [ln for ln in lines[1:] if (s := step_of(ln, col)) is not None and s <= step]
+        write_text(tsv, "\n".join(keep) + "\n")  # atomic: a kill now must not cut the curve
 
 
 def logging_callbacks(live_dir: Path, tb_dir: Path, resume_step: int | None) -> list:
@@ -453,6 +469,8 @@ def train_sft(base: str, sft_path: str | Path, out_dir: str | Path, tp, *, trust
                                       "stages/train.py", field="train.num_processes")
     main = args.process_index == 0
     tokenizer = models.load_tokenizer(base, trust_remote_code)
+    # From the config alone, before any weights load: max_length must fit the model's context.
+    models.check_context(models.load_config(base, trust_remote_code), tp.max_length, "train.max_length", params_file)
     data = build_examples(tokenizer, records, tp.max_length, params_file)
     model = load_policy(base, tp, device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     resume = resume_point(ckpt_dir, fingerprint(base, sft_path, tp, trust_remote_code), args)

@@ -48,13 +48,14 @@ class VLLMBackend:
 
     def __init__(self, model: str, *, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
                  seed: int = 0, adapter: str | None = None, lora_rank: int = 64, max_model_len: int | None = None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, allow_pickle: bool = False):
         from vllm import LLM  # optional dependency: only needed when this backend is selected
 
+        # vLLM's "auto" falls back to pickle *.bin weights; as everywhere else, only with model.allow_pickle.
         self.llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size,
                        gpu_memory_utilization=gpu_memory_utilization, seed=seed, enable_prefix_caching=True,
                        enable_lora=adapter is not None, max_lora_rank=lora_rank, max_model_len=max_model_len,
-                       trust_remote_code=trust_remote_code)
+                       trust_remote_code=trust_remote_code, load_format="auto" if allow_pickle else "safetensors")
         self.lora = None
         if adapter is not None:
             from vllm.lora.request import LoRARequest

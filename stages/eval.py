@@ -22,21 +22,26 @@ ADAPTERS = {"base": None, "sft": "models/sft"}  # model name -> adapter on top o
 
 
 def load(p, name: str):
+    """Tokenizer and config only: the prompts are built and checked against the context before any weights."""
     if name not in ADAPTERS:
         raise files.InputError("dvc.yaml", f"unknown model {name!r}; expected one of {sorted(ADAPTERS)}",
                                field="stages.eval.foreach")
     ev.check_params(p.eval)
     base = models.resolve_base("models/base")
-    device = models.pick_device(p.eval.device)
     tokenizer = models.load_tokenizer(base, p.model.trust_remote_code)
+    return base, tokenizer, models.load_config(base, p.model.trust_remote_code)
+
+
+def load_weights(p, base: str, name: str):
+    device = models.pick_device(p.eval.device)
     model = models.load_model(base, device=device, trust_remote_code=p.model.trust_remote_code,
                               allow_pickle=p.model.allow_pickle, adapter=ADAPTERS[name])
     if ADAPTERS[name]:
         model = model.merge_and_unload()  # plain weights generate faster than base + LoRA on every step
-    return base, tokenizer, model, device
+    return model, device
 
 
-def prompts(p, tokenizer, model) -> tuple[list, list[int], int]:
+def prompts(p, tokenizer, config) -> tuple[list, list[int], int]:
     """Both splits of every chosen folder, then the training subset; fails early if one cannot fit the context."""
     e = p.eval
     folders = discover_folders(p.data.root, e.folders or None)
@@ -48,7 +53,7 @@ def prompts(p, tokenizer, model) -> tuple[list, list[int], int]:
                                           p.data.strict_articles)
     items += train
     lengths = [len(ids) for ids in tokenizer([it.prompt for it in items], add_special_tokens=False)["input_ids"]]
-    models.check_context(model.config, max(lengths) + e.max_new_tokens, "eval.max_new_tokens")
+    models.check_context(config, max(lengths) + e.max_new_tokens, "eval.max_new_tokens")
     return items, lengths, missing + train_missing
 
 
@@ -66,8 +71,9 @@ def main(name: str | None = None) -> None:
     e = p.eval
     models.offline_env()
     start = time.time()
-    base, tokenizer, model, device = load(p, name)
-    items, lengths, missing = prompts(p, tokenizer, model)
+    base, tokenizer, config = load(p, name)
+    items, lengths, missing = prompts(p, tokenizer, config)
+    model, device = load_weights(p, base, name)
     k = e.num_samples if e.temperature > 0 else 1  # greedy answers are all the same: one is enough
     settings = GenerationSettings(n=k, temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens)
     fp = ev.fingerprint({"eval": to_dict(e), "prompts": [[it.id, it.prompt] for it in items],

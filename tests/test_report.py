@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lawshift.report import escape_md, folder_plot, folder_table, report_markdown, term_error_plot
 
@@ -83,3 +85,35 @@ def test_term_error_plot_counts_and_clips():
     assert rows["answers"].tolist() == [1, 2, 0, 1, 1]
     assert rows["share"].tolist() == [0.2, 0.4, 0.0, 0.2, 0.2]
     assert term_error_plot([{"term_error": None}]).empty
+
+
+# ---- fuzzed model text -----------------------------------------------------------------------------------------
+
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+HOSTILE = st.text() | st.lists(st.sampled_from(["|", "\\", "\\|", "<answer>", "</answer>", "<think>", "<br>", "&lt;",
+                                                "`", "**", "# ", "- ", "---", "[x](javascript:y)", "盗窃", " ", "7",
+                                                *LINE_BREAKS]), max_size=60).map("".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(HOSTILE)
+def test_escape_md_leaves_no_line_break_pipe_or_tag(text):
+    out = escape_md(text)
+    assert not any(c in out for c in LINE_BREAKS)
+    assert UNESCAPED_PIPE.search(out) is None
+    assert "<" not in out.replace("<br>", "") and ">" not in out.replace("<br>", "")
+
+
+@settings(max_examples=50, deadline=None)
+@given(answers=st.lists(HOSTILE | st.text(min_size=1000, max_size=5000), min_size=1, max_size=7), note=HOSTILE)
+def test_report_keeps_its_shape_whatever_the_model_wrote(answers, note):
+    """The report from hostile answers has the same lines, and the same table cells per line, as from plain ones."""
+    records = [{"id": f"term_up/original/{i}", "answer": a, "parse": None, "term_error": None}
+               for i, a in enumerate(answers)]
+    hostile = report_markdown("sft", METRICS, records, [note]).split("\n")
+    plain = report_markdown("sft", METRICS, [{**r, "answer": "x"} for r in records], ["x"]).split("\n")
+    assert len(hostile) == len(plain)
+    assert [table_cells(line) for line in hostile] == [table_cells(line) for line in plain]
+    body = "\n".join(hostile).replace("<br>", "")
+    assert "<" not in body and ">" not in body  # no tag reaches a renderer
+    assert term_error_plot(records).empty and len(folder_plot(METRICS)) == 6
