@@ -33,6 +33,14 @@ Case record (one JSON object per line of `outputs/samples.jsonl`):
 
 Batches form a fixed grid over the case list and each batch's seed derives from (`sample.seed`, index of its
 first case), so a run resumed at a batch boundary draws the same answers as an uninterrupted one.
+
+Shards
+------
+With `num_shards` n > 1 (`python stages/sample.py --shard-index i --num-shards n`, one process per GPU or node)
+a run samples cases i, i + n, i + 2n, … into `outputs/samples.shard{i}-of-{n}.jsonl` (resumable as above). The
+shards of a run hold disjoint cases, so no two of their batches share a seed. A shard file keeps the header line,
+so `python -m lawshift.merge` (lawshift/merge.py) can check that the shards come from one run before it joins
+them into `outputs/samples.jsonl`, which then reads exactly like a single process's.
 """
 
 from __future__ import annotations
@@ -83,7 +91,7 @@ def check_params(sp: SampleParams, params_file: str = "params.yaml") -> None:
 
 
 def output_path(sp: SampleParams, out: str | Path = "outputs/samples.jsonl") -> Path:
-    """One shard of a multi-machine run writes its own file (concatenate them to merge; order does not matter)."""
+    """One shard of a multi-process run writes its own file (joined by `python -m lawshift.merge`)."""
     out = Path(out)
     if sp.num_shards == 1:
         return out
@@ -224,6 +232,7 @@ class PartialFile:
         self.fp = fingerprint(settings)
         self.done: dict[int, tuple[int, int]] = {}  # filled by _scan
         self.size = 0  # bytes of complete lines: where the next record goes
+        self.header_size = 0  # bytes of the header line
         why = self._scan(tally) if path.is_file() else "new"
         if why is not None:
             if why != "new":
@@ -232,7 +241,7 @@ class PartialFile:
             tally.clear()
             # The header goes in atomically, so a partial file always starts with a complete one.
             files.write_text(path, json.dumps({"fingerprint": self.fp, "settings": settings}, sort_keys=True) + "\n")
-            self.size = path.stat().st_size
+            self.size = self.header_size = path.stat().st_size
         self.resumed = len(self.done)
         self.f = open(path, "ab")
 
@@ -250,7 +259,7 @@ class PartialFile:
                 old = head.get("settings") if isinstance(head.get("settings"), dict) else {}
                 changed = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
                 return f"written with different settings ({', '.join(changed) or 'fingerprint'})"
-            self.size = len(header)
+            self.size = self.header_size = len(header)
             for lineno, raw in enumerate(f, start=2):
                 if not raw.endswith(b"\n"):
                     # A killed write: the rest of this line never reached the disk. Cut it off and redo its case.
@@ -291,12 +300,15 @@ class PartialFile:
     def close(self) -> None:
         self.f.close()
 
-    def finalize(self, out: Path, order: Sequence[int]) -> Tally:
-        """Write the records in `order`, header dropped, to `out` atomically; remove the partial file."""
+    def finalize(self, out: Path, order: Sequence[int], keep_header: bool = False) -> Tally:
+        """Write the records in `order` to `out` atomically, the header line first only if `keep_header` (a
+        shard's file: the merge checks it); remove the partial file."""
         self.close()
         tally = Tally()
         with files.atomic_path(out) as tmp:
             with open(self.path, "rb") as src, open(tmp, "wb") as dst:
+                if keep_header:
+                    dst.write(src.read(self.header_size))
                 for index in order:
                     offset, length = self.done[index]
                     src.seek(offset)
@@ -360,7 +372,8 @@ def sample(job: Job, backend: Backend, sp: SampleParams, out: Path) -> RunStats:
               "Rerun to continue.", file=sys.stderr)
         raise SystemExit(130) from None
     bar.close()
-    return RunStats(partial.finalize(out, sorted(job.indices)), partial.resumed, new_tokens, seconds)
+    tally = partial.finalize(out, sorted(job.indices), keep_header=sp.num_shards > 1)
+    return RunStats(tally, partial.resumed, new_tokens, seconds)
 
 
 def make_backend(sp: SampleParams, base: str, device, *, trust_remote_code: bool, allow_pickle: bool,

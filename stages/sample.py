@@ -4,8 +4,17 @@ Resumable: records are appended and fsynced after every batch, so after Ctrl-C o
 continues where it stopped (see lawshift/sampling.py for the file format and the rules).
 
     python stages/sample.py          # normally: dvc repro sample
+
+Sharded over several GPUs or machines: one process per shard, each overriding `sample.shard_index` and
+`sample.num_shards`, writes outputs/samples.shard{i}-of-{n}.jsonl and metrics/sample.shard{i}-of-{n}.json;
+`python -m lawshift.merge` then joins them into outputs/samples.jsonl and metrics/sample.json.
+
+    python stages/sample.py --shard-index 0 --num-shards 4
 """
 
+import argparse
+import dataclasses
+import sys
 from pathlib import Path
 
 from transformers import AutoConfig
@@ -20,9 +29,17 @@ OUT = Path("outputs/samples.jsonl")
 METRICS = Path("metrics/sample.json")
 
 
-def main() -> None:
+def shard_overrides(argv: list[str]) -> dict:
+    ap = argparse.ArgumentParser(prog="stages/sample.py", description="the sample stage (default: all cases)")
+    ap.add_argument("--shard-index", type=int, help="this process's shard (overrides sample.shard_index)")
+    ap.add_argument("--num-shards", type=int, help="shards of the run (overrides sample.num_shards)")
+    args = ap.parse_args(argv)
+    return {k: v for k, v in (("shard_index", args.shard_index), ("num_shards", args.num_shards)) if v is not None}
+
+
+def main(argv: list[str] | None = None) -> None:
     p = load_params()
-    sp = p.sample
+    sp = dataclasses.replace(p.sample, **shard_overrides(sys.argv[1:] if argv is None else argv))
     sampling.check_params(sp)
     models.offline_env()
     clock = StageClock()
@@ -49,8 +66,10 @@ def main() -> None:
                             sampling.output_path(sp, OUT))
 
     metrics = sampling.metrics(stats, backend.name, str(device), lookup.missing) | clock.stats()
-    files.write_json(METRICS, metrics)
+    files.write_json(sampling.output_path(sp, METRICS), metrics)
     print(f"sample: {metrics}")
+    if sp.num_shards > 1:
+        print(f"sample: shard {sp.shard_index} of {sp.num_shards} done; once all are: python -m lawshift.merge")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,25 @@
-"""Tests for lawshift.generation's HFBackend on the tiny base: shapes, left padding, seeds, eos handling."""
+"""Tests for lawshift.generation's HFBackend on the tiny base: shapes, left padding, seeds, eos handling, for both
+the shared-prefill decoder and plain `generate`; the shared-prefill decoder's greedy tokens against `generate`'s and
+its sampled tokens' distribution against the exact tempered, nucleus-filtered next-token probabilities."""
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+
 import pytest
 import torch
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from lawshift.data import ArticleLookup, load_articles, load_cases
-from lawshift.generation import Completion, GenerationSettings, HFBackend, PromptResult
+from lawshift.generation import (
+    Completion,
+    GenerationSettings,
+    HFBackend,
+    PromptResult,
+    decode,
+    top_p_candidates,
+)
 from lawshift.models import load_model, load_tokenizer
 from lawshift.prompts import build_messages, render_prompt
 
@@ -16,19 +29,27 @@ MAX_NEW = 40  # the warm-started tiny base answers in ~30 tokens
 
 
 @pytest.fixture(scope="module")
-def backend(tiny_base):
-    return HFBackend(load_model(str(tiny_base), device=CPU), load_tokenizer(str(tiny_base)), CPU)
+def model_and_tokenizer(tiny_base):
+    return load_model(str(tiny_base), device=CPU), load_tokenizer(str(tiny_base))
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["shared_prefill", "plain_generate"])
+def backend(model_and_tokenizer, request):
+    """Every interface test runs on both paths: the shared-prefill decoder (default) and plain `generate`."""
+    model, tokenizer = model_and_tokenizer
+    return HFBackend(model, tokenizer, CPU, shared_prefill=request.param)
 
 
 @pytest.fixture(scope="module")
-def prompts(backend, sample_root):
+def prompts(model_and_tokenizer, sample_root):
     """Three real prompts of clearly different lengths, so a batch needs left padding."""
     folder = sample_root / "action_explicit_extend"
     cases = load_cases(folder / "original.json")
     lookup = ArticleLookup(load_articles(folder / "articles_original.json"), str(folder))
     facts = [cases[0].fact, "被告人甲容留乙吸毒。", cases[2].fact]
-    out = [render_prompt(backend.tokenizer, build_messages(f, lookup.for_case(cases[0]))) for f in facts]
-    lengths = [len(backend.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in out]
+    tokenizer = model_and_tokenizer[1]
+    out = [render_prompt(tokenizer, build_messages(f, lookup.for_case(cases[0]))) for f in facts]
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in out]
     assert len(set(lengths)) == 3
     return out
 
@@ -152,3 +173,136 @@ def test_settings_greedy_flag():
     assert GenerationSettings(temperature=0.0).greedy
     assert GenerationSettings(temperature=-1.0).greedy
     assert not GenerationSettings(temperature=0.7).greedy
+
+
+# --- the shared-prefill decoder against transformers --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def both(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    return HFBackend(model, tokenizer, CPU), HFBackend(model, tokenizer, CPU, shared_prefill=False)
+
+
+ANSWER_START = "<think>依据【354-0-0】，被告人的行为构成容留他人吸毒罪，结合情节量刑。</think><answer> 容留他人吸毒 | "
+
+
+@pytest.mark.parametrize("n, max_new", [(1, 1), (1, 7), (1, 60), (3, 60)])
+def test_shared_prefill_greedy_equals_generate(both, prompts, n, max_new):
+    # answers of very different lengths in one padded batch: rows leave the shared-prefill batch at different steps
+    mixed = [prompts[0], prompts[1] + ANSWER_START, prompts[2], prompts[0] + ANSWER_START[:20]]
+    shared, plain = both
+    settings = GenerationSettings(n=n, temperature=0.0, max_new_tokens=max_new)
+    a, b = shared.generate(mixed, settings, seed=0), plain.generate(mixed, settings, seed=0)
+    assert a == b
+    if max_new == 60:  # some answers ended while others went on
+        assert len({c.num_tokens for r in a for c in r.completions}) > 1
+        assert any(c.finished for r in a for c in r.completions)
+
+
+def test_growing_cache_gives_the_same_tokens(model_and_tokenizer, prompts):
+    """A cache buffer with room for 3 tokens grows many times during 40 steps; the tokens must not change."""
+    model, tokenizer = model_and_tokenizer
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    eos = HFBackend(model, tokenizer, CPU).eos_ids
+    for settings in (GenerationSettings(n=1, max_new_tokens=MAX_NEW),
+                     GenerationSettings(n=3, temperature=0.8, top_p=0.9, max_new_tokens=MAX_NEW)):
+        args = (model, enc["input_ids"], enc["attention_mask"], settings, 5, eos, tokenizer.pad_token_id)
+        with torch.inference_mode():
+            assert torch.equal(decode(*args, cache_room=3), decode(*args))
+
+
+def test_shared_prefill_is_reproducible_and_seeded(model_and_tokenizer, prompts):
+    model, tokenizer = model_and_tokenizer
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    eos = HFBackend(model, tokenizer, CPU).eos_ids
+    settings = GenerationSettings(n=8, temperature=0.8, top_p=0.95, max_new_tokens=MAX_NEW)
+
+    def run(seed):
+        with torch.inference_mode():
+            return decode(model, enc["input_ids"], enc["attention_mask"], settings, seed, eos, tokenizer.pad_token_id)
+
+    first = run(11)
+    torch.manual_seed(123)  # the global RNG plays no part: only the seed given does
+    assert torch.equal(run(11), first)
+    assert not torch.equal(run(12), first)
+    assert first.shape == (len(prompts) * 8, MAX_NEW)
+
+
+# Sampled answers are compared with the exact distribution of their first two tokens, computed with transformers'
+# own TemperatureLogitsWarper and TopPLogitsWarper on the logits of plain forward passes (no cache, no padding).
+# The prompt ends just before the prison term, where the warm-started base is genuinely unsure.
+DRAWS = 4000
+RARE = 2e-3  # token pairs less likely than this are pooled into one outcome, `None`
+
+
+def exact_next(model, ids: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Probabilities of the next token after each row of `ids`, as transformers samples it."""
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits[:, -1].float()
+    scores = TemperatureLogitsWarper(temperature)(ids, logits)
+    if top_p < 1:
+        scores = TopPLogitsWarper(top_p)(ids, scores)
+    return scores.softmax(dim=-1)
+
+
+def exact_pairs(model, ids: torch.Tensor, temperature: float, top_p: float) -> tuple[dict, set]:
+    """P(first, second) of the pairs at least RARE likely, the rest pooled under None; and every pair whose first
+    token has a probability over RARE and whose second token can be drawn at all (probability > 0)."""
+    first = exact_next(model, ids, temperature, top_p)[0]
+    likely = [int(t) for t in (first > RARE).nonzero().squeeze(1)]
+    extended = torch.cat([ids.repeat(len(likely), 1), torch.tensor(likely)[:, None]], dim=1)
+    joint = first[likely, None] * exact_next(model, extended, temperature, top_p)
+    possible = {(t1, t2) for k, t1 in enumerate(likely) for t2 in (joint[k] > 0).nonzero().squeeze(1).tolist()}
+    pairs = {(t1, t2): float(joint[k, t2]) for k, t1 in enumerate(likely)
+             for t2 in (joint[k] > RARE).nonzero().squeeze(1).tolist()}
+    pairs[None] = max(0.0, 1.0 - sum(pairs.values()))
+    return pairs, possible
+
+
+def total_variation(p: dict, q: dict) -> float:
+    return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in set(p) | set(q))
+
+
+def tolerance(p: dict, draws: int) -> float:
+    """E[TV(empirical, p)] <= 0.5 * sum sqrt(p(1-p)/draws), and TV stays within sqrt(ln(1e6) / (2 draws)) of its
+    mean with probability 1 - 1e-6 (McDiarmid)."""
+    mean_bound = 0.5 * sum((v * (1 - v) / draws) ** 0.5 for v in p.values())
+    return mean_bound + (math.log(1e6) / (2 * draws)) ** 0.5
+
+
+@pytest.mark.parametrize("temperature, top_p", [(0.8, 0.8), (0.6, 0.5), (1.3, 1.0)])
+def test_sampled_tokens_follow_temperature_and_top_p(model_and_tokenizer, prompts, temperature, top_p):
+    model, tokenizer = model_and_tokenizer
+    ids = tokenizer([prompts[1] + ANSWER_START], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    right, possible = exact_pairs(model, ids, temperature, top_p)
+    tol = tolerance(right, DRAWS)
+    # The test can fail: a sampler that ignored the temperature or the top-p would be further off than tol.
+    assert total_variation(right, exact_pairs(model, ids, 1.0, top_p)[0]) > 2 * tol
+    if top_p < 1:
+        assert total_variation(right, exact_pairs(model, ids, temperature, 1.0)[0]) > 2 * tol
+
+    # One prompt, DRAWS answers of two tokens: one prefill, then the cache repeated DRAWS times.
+    settings = GenerationSettings(n=DRAWS, temperature=temperature, top_p=top_p, max_new_tokens=2)
+    with torch.inference_mode():
+        drawn = [tuple(pair) for pair in decode(model, ids, torch.ones_like(ids), settings, 0, [-1],
+                                                tokenizer.pad_token_id).tolist()]
+    likely_firsts = {t1 for t1, _ in possible}
+    assert all(pair in possible for pair in drawn if pair[0] in likely_firsts)  # nothing top-p drops is drawn
+    counts = Counter(pair if pair in right else None for pair in drawn)
+    empirical = {k: c / DRAWS for k, c in counts.items()}
+    assert total_variation(empirical, right) < tol
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.95, 0.999])
+@pytest.mark.parametrize("spread", [0.5, 3.0])  # flat rows need more than the first top-k guess
+def test_top_p_candidates_keep_what_transformers_keeps(top_p, spread):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn((16, 2000), generator=generator) * spread
+    probs = logits.softmax(dim=-1)
+    weights, ids = top_p_candidates(probs, top_p)
+    kept = torch.zeros_like(probs, dtype=torch.bool).scatter(1, ids, weights > 0)
+    expected = TopPLogitsWarper(top_p)(None, logits.clone()) > -float("inf")
+    assert torch.equal(kept, expected)
+    assert torch.equal(weights[weights > 0], probs.gather(1, ids)[weights > 0])  # kept with their probabilities

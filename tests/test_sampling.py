@@ -213,27 +213,32 @@ SP = SampleParams(num_samples=3, temperature=0.8, top_p=0.95, max_new_tokens=48,
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny, tmp_path_factory):
-    """One complete run on 6 cases; also counts the model's generate calls."""
+    """One complete run on 6 cases; also records the input shape of every forward pass of the model."""
     _, tokenizer, model = tiny
-    calls = []
-    real = model.generate
+    prefill_tokens, decode_rows = [], []
 
-    def counting_generate(**kwargs):  # a spy: records the batch shape, then runs the real generate
-        calls.append(kwargs["input_ids"].shape[0])
-        return real(**kwargs)
+    def record_rows(module, args, kwargs):  # a forward pre-hook: sees every forward pass, changes nothing
+        ids = kwargs["input_ids"]
+        if ids.shape[1] > 1:
+            prefill_tokens.append(ids.numel())
+        else:
+            decode_rows.append(ids.shape[0])
 
-    model.generate = counting_generate
+    handle = model.register_forward_pre_hook(record_rows, with_kwargs=True)
     try:
         out = tmp_path_factory.mktemp("run") / "samples.jsonl"
         stats = sample(make_job(tiny, SP), HFBackend(model, tokenizer, CPU), SP, out)
     finally:
-        del model.generate
-    return out, stats, calls
+        handle.remove()
+    return out, stats, (prefill_tokens, decode_rows)
 
 
-def test_several_cases_per_generate_call(uninterrupted):
-    _, _, calls = uninterrupted
-    assert calls == [2, 2, 2]  # 6 cases in batches of 2; the n answers come from the same call
+def test_several_cases_per_call_and_one_prefill_per_prompt(uninterrupted):
+    out, _, (prefill_tokens, decode_rows) = uninterrupted
+    # every prompt is prefilled once, not once per answer
+    assert sum(prefill_tokens) == sum(json.loads(x)["prompt_tokens"] for x in lines(out))
+    # 6 cases in batches of 2: the n = 3 answers of both cases are decoded together; finished ones leave the batch
+    assert max(decode_rows) == 2 * SP.num_samples and min(decode_rows) < 2 * SP.num_samples
 
 
 def test_records_hold_prompt_labels_answers_parses_and_token_counts(tiny, uninterrupted):

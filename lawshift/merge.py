@@ -1,0 +1,194 @@
+"""Join the shards of a sharded `sample` run into outputs/samples.jsonl and metrics/sample.json.
+
+    python -m lawshift.merge                      # every outputs/samples.shard*-of-*.jsonl
+    python -m lawshift.merge SHARD_FILE ...       # or the files given
+
+Each shard file (written by `python stages/sample.py --shard-index i --num-shards n`, see lawshift/sampling.py)
+starts with its run's header line. The merge refuses, with one line naming the file, shards of different runs
+(settings other than the shard index differ, or another shard count), a missing or repeated shard, a shard
+sampled from another training set, and any case that is missing, recorded twice or in the wrong shard. Otherwise
+it writes every record, unchanged and in training-set order, to outputs/samples.jsonl (temp file + rename): the
+same file a single process writes, which the filter stage reads. metrics/sample.json gets the counts over all
+cases; throughput, time and memory come from the shards' metrics/sample.shard{i}-of-{n}.json when all are there
+(`tokens_per_second` is then the shards' sum: what they reach running side by side).
+
+The shard files stay; `dvc commit sample` records the merged output as the sample stage's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lawshift import files, sampling
+from lawshift.data import Case, training_cases
+from lawshift.files import InputError
+from lawshift.params import SampleParams, load_params
+
+OUT = Path("outputs/samples.jsonl")
+METRICS = Path("metrics/sample.json")
+SHARD_NAME = re.compile(r"\.shard(\d+)-of-(\d+)$")
+# Settings that differ between the shards of one run: the shard, and the hash of the shard's own prompts (each
+# shard renders only its cases; the inputs they are rendered from, model and files, must still agree).
+PER_SHARD = ("shard_index", "prompts")
+
+
+@dataclass
+class Shard:
+    path: Path
+    index: int
+    count: int
+    settings: dict
+    records: dict[int, tuple[int, bytes]]  # case index -> (line number, the line as written)
+
+
+def shard_number(path: Path) -> tuple[int, int]:
+    match = SHARD_NAME.search(path.stem)
+    if not match:
+        raise InputError(path, "not a shard file: the name must end in .shard{i}-of-{n}.jsonl")
+    return int(match[1]), int(match[2])
+
+
+def read_shard(path: Path) -> Shard:
+    """The header and records of one shard file, each record checked for an integer index and a case id."""
+    index, count = shard_number(path)
+    try:
+        lines = path.read_bytes().splitlines(keepends=True)
+    except OSError as err:
+        raise InputError(path, f"cannot read: {err.strerror}") from None
+    try:
+        head = json.loads(lines[0]) if lines else None
+    except ValueError:
+        head = None
+    if not isinstance(head, dict) or not isinstance(head.get("settings"), dict):
+        raise InputError(path, "no header line: not written by a sharded sample run", line=1)
+    settings = head["settings"]
+    if (settings.get("shard_index"), settings.get("num_shards")) != (index, count):
+        raise InputError(path, f"header says shard {settings.get('shard_index')} of {settings.get('num_shards')}, "
+                               f"the file name shard {index} of {count}", line=1)
+    records: dict[int, tuple[int, bytes]] = {}
+    for lineno, raw in enumerate(lines[1:], start=2):
+        if not raw.endswith(b"\n"):
+            raise InputError(path, "incomplete last line", line=lineno)
+        try:
+            rec = json.loads(raw)
+        except ValueError as err:
+            raise InputError(path, f"corrupt line ({err})", line=lineno) from None
+        case = rec.get("index") if isinstance(rec, dict) else None
+        if not isinstance(case, int) or isinstance(case, bool) or not isinstance(rec.get("case_id"), str):
+            raise InputError(path, "a record needs an integer index and a string case_id", line=lineno)
+        if case in records:
+            raise InputError(path, f"case {case} recorded twice (also line {records[case][0]})", line=lineno)
+        records[case] = (lineno, raw)
+    return Shard(path, index, count, settings, records)
+
+
+def check_shards(shards: Sequence[Shard]) -> None:
+    """One run's shards, all of them, each once."""
+    first = shards[0]
+    for shard in shards[1:]:
+        if shard.count != first.count:
+            raise InputError(shard.path, f"shard of a {shard.count}-shard run, but {first.path} is of a "
+                                         f"{first.count}-shard run")
+        changed = sorted(k for k in set(first.settings) | set(shard.settings)
+                         if k not in PER_SHARD and first.settings.get(k) != shard.settings.get(k))
+        if changed:
+            raise InputError(shard.path, f"written with other settings than {first.path} ({', '.join(changed)})",
+                             line=1)
+    seen: dict[int, Path] = {}
+    for shard in shards:
+        if shard.index in seen:
+            raise InputError(shard.path, f"shard {shard.index} given twice (also {seen[shard.index]})")
+        seen[shard.index] = shard.path
+    missing = sorted(set(range(first.count)) - set(seen))
+    if missing:
+        stem = SHARD_NAME.sub(f".shard{missing[0]}-of-{first.count}", first.path.stem)
+        raise InputError(first.path.with_name(stem + first.path.suffix),
+                         f"missing: shard {missing[0]} of {first.count} (missing: {', '.join(map(str, missing))})")
+
+
+def check_cases(shards: Sequence[Shard], cases: Sequence[Case], training_set: Path) -> None:
+    """Every case of the training set exactly once, in the shard that samples it."""
+    digest = sampling.file_digest(training_set)
+    n = shards[0].count
+    for shard in shards:
+        if shard.settings.get("training_set") != digest:
+            raise InputError(shard.path, f"sampled from another training set than {training_set}", line=1)
+        expected = set(sampling.shard_indices(len(cases), SampleParams(shard_index=shard.index, num_shards=n)))
+        for case, (lineno, raw) in shard.records.items():
+            if case not in expected:
+                owner = f"shard {case % n}'s" if 0 <= case < len(cases) else f"not in {training_set}"
+                raise InputError(shard.path, f"case {case} is not this shard's ({owner})", line=lineno)
+            if json.loads(raw)["case_id"] != cases[case].case_id:
+                raise InputError(shard.path, f"not the case_id of case {case} of {training_set}", line=lineno,
+                                 field="case_id")
+        missing = sorted(expected - set(shard.records))
+        if missing:
+            shown = ", ".join(map(str, missing[:5])) + (", …" if len(missing) > 5 else "")
+            raise InputError(shard.path, f"{len(missing)} of its {len(expected)} cases missing ({shown})")
+
+
+def merge(paths: Sequence[Path], cases: Sequence[Case], training_set: Path, out: Path) -> sampling.Tally:
+    """Check the shards and write their records in training-set order to `out`; returns the counts."""
+    if not paths:
+        raise InputError(out.parent, f"no shard files ({out.stem}.shard*-of-*{out.suffix}) to merge")
+    shards = [read_shard(Path(p)) for p in paths]
+    check_shards(shards)
+    check_cases(shards, cases, training_set)
+    where = {case: (shard.path, lineno, raw) for shard in shards for case, (lineno, raw) in shard.records.items()}
+    tally = sampling.Tally()
+    with files.atomic_path(out) as tmp, open(tmp, "wb") as dst:
+        for case in range(len(cases)):
+            path, lineno, raw = where[case]
+            tally.add(json.loads(raw), path, lineno)  # a malformed record is an InputError naming its line
+            dst.write(raw)
+    return tally
+
+
+def merged_metrics(tally: sampling.Tally, shard_metrics: Sequence[dict | None]) -> dict:
+    """metrics/sample.json's keys: counts from the merged records, throughput and time from the shards' files."""
+    t = tally
+    out = {"cases": t.cases, "answers_generated": t.answers, "generated_tokens": t.generated_tokens,
+           "prompt_tokens": t.prompt_tokens, "correct_exact": t.correct, "format_errors": t.format_errors,
+           "unfinished_answers": t.unfinished, "shards": len(shard_metrics)}
+    if any(m is None for m in shard_metrics):
+        return out
+    rates = [m.get("tokens_per_second") or 0.0 for m in shard_metrics]
+    return out | {"tokens_per_second": round(sum(rates), 1), "backend": shard_metrics[0].get("backend"),
+                  "device": shard_metrics[0].get("device"),
+                  "missing_articles": sum(m.get("missing_articles", 0) for m in shard_metrics),
+                  "resumed_cases": sum(m.get("resumed_cases", 0) for m in shard_metrics),
+                  "wall_seconds": max(m.get("wall_seconds", 0.0) for m in shard_metrics),
+                  "peak_rss_mb": max(m.get("peak_rss_mb", 0.0) for m in shard_metrics)}
+
+
+def shard_files(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f"{out.stem}.shard*-of-*{out.suffix}"))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m lawshift.merge", description=__doc__.split("\n\n")[0])
+    ap.add_argument("shards", nargs="*", type=Path, help=f"shard files (default: {OUT.parent}/{OUT.stem}.shard*)")
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    p = load_params(args.params)
+    training_set = Path(p.data.root) / "training_set.json"
+    paths = args.shards or shard_files(OUT)
+    tally = merge(paths, training_cases(p.data.root), training_set, OUT)
+    shard_metrics = []
+    for path in paths:
+        i, n = shard_number(path)
+        mpath = sampling.output_path(SampleParams(shard_index=i, num_shards=n), METRICS)
+        shard_metrics.append(files.read_json(mpath) if mpath.is_file() else None)
+    metrics = merged_metrics(tally, shard_metrics)
+    files.write_json(METRICS, metrics)
+    print(f"merge: {len(paths)} shards, {tally.cases} cases -> {OUT}; {metrics}")
+
+
+if __name__ == "__main__":
+    files.run_stage(main)
