@@ -11,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("base", "sample", "filter", "train", "eval_base", "eval_sft")
+# stage -> its metrics file name; eval keeps time apart from its metrics, whose shape is an interface
+STAGES = {"base": "base", "sample": "sample", "filter": "filter", "train": "train", "eval@base": "eval_base_time",
+          "eval@sft": "eval_sft_time"}
 
 
 class StageClock:
@@ -30,8 +32,8 @@ class StageClock:
 
 def summary(metrics_dir: str | Path = "metrics") -> str:
     rows, total = [], 0.0
-    for name in STAGES:
-        path = Path(metrics_dir) / f"{name}.json"
+    for name, file in STAGES.items():
+        path = Path(metrics_dir) / f"{file}.json"
         if not path.is_file():
             continue
         m = json.loads(path.read_text(encoding="utf-8"))

@@ -9,7 +9,6 @@ An interrupted run continues from outputs/predictions_<model>.jsonl.partial.
 """
 
 import sys
-import time
 
 from lawshift import evaluation as ev
 from lawshift import files, models
@@ -17,6 +16,7 @@ from lawshift.data import discover_folders
 from lawshift.generation import GenerationSettings, HFBackend
 from lawshift.params import load_params, to_dict
 from lawshift.report import folder_plot, report_markdown, term_error_plot
+from lawshift.runinfo import StageClock
 
 ADAPTERS = {"base": None, "sft": "models/sft"}  # model name -> adapter on top of models/base
 
@@ -70,7 +70,7 @@ def main(name: str | None = None) -> None:
     p = load_params()
     e = p.eval
     models.offline_env()
-    start = time.time()
+    clock = StageClock()
     base, tokenizer, config = load(p, name)
     items, lengths, missing = prompts(p, tokenizer, config)
     model, device = load_weights(p, base, name)
@@ -87,8 +87,9 @@ def main(name: str | None = None) -> None:
     write_outputs(name, metrics, records, f"{len(items)} prompts, {k} answer(s) each; {missing} cited article "
                   "id(s) not found in the articles files (left out of the prompts)")
     partial.remove()
-    print(f"eval@{name}: overall {metrics['overall']}, train_exact {metrics['train_exact']} "
-          f"({time.time() - start:.1f} s)")
+    # Time and memory go beside the metrics, not into them: eval_<name>.json keeps its documented shape.
+    files.write_json(f"metrics/eval_{name}_time.json", clock.stats())
+    print(f"eval@{name}: overall {metrics['overall']}, train_exact {metrics['train_exact']} ({clock.stats()})")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lawshift import files, models
 from lawshift.params import load_params
+from lawshift.runinfo import StageClock
 
 SFT = Path("outputs/sft.jsonl")
 OUT = Path("models/sft")
@@ -22,6 +23,7 @@ METRICS = Path("metrics/train.json")
 
 def main() -> None:
     p = load_params()
+    clock = StageClock()
     models.offline_env()
     from lawshift.training import train_sft  # heavy imports only after the params are known to be valid
 
@@ -29,6 +31,7 @@ def main() -> None:
     metrics = train_sft(base, SFT, OUT, p.train, trust_remote_code=p.model.trust_remote_code,
                         allow_pickle=p.model.allow_pickle)
     if metrics is not None:  # None on the other processes of a multi-process run
+        metrics["peak_rss_mb"] = clock.stats()["peak_rss_mb"]
         files.write_json(METRICS, metrics)
         print(f"train: {metrics}")
 
