@@ -224,21 +224,6 @@ def fingerprint(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def tree_hash(path: str | Path) -> str:
-    """Content hash of a model directory (every file, by relative path), or of the name for a hub id."""
-    path = Path(path)
-    h = hashlib.sha256()
-    if not path.exists():
-        h.update(str(path).encode("utf-8"))
-        return h.hexdigest()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode("utf-8") + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 class PartialLog:
     """Per-batch records appended to `<out>.partial` under a fingerprint header, so an interrupted run resumes.
 

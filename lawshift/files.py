@@ -12,6 +12,7 @@ Two rules hold for every file the pipeline touches:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -68,6 +69,29 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             yield lineno, json.loads(line)
         except json.JSONDecodeError as err:
             raise InputError(path, f"corrupt JSONL line: {err.msg} (column {err.colno})", line=lineno) from None
+
+
+def sha256_file(path: str | os.PathLike, h) -> None:
+    """Feed a file's bytes into hash `h`, a megabyte at a time (model weights do not fit in memory twice)."""
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def model_digest(name_or_path: str | os.PathLike) -> str:
+    """Content hash of a local model directory (every file, by relative path); a hub id stands for itself.
+
+    Resumable stages put it in their fingerprint, so a partial result made with other weights is never continued.
+    """
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return f"hub:{name_or_path}"
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        sha256_file(f, h)
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def dumps(obj: Any) -> str:

@@ -60,7 +60,7 @@ from tqdm import tqdm
 from lawshift import files
 from lawshift.answers import Answer, parse_answer
 from lawshift.data import ArticleLookup, Case
-from lawshift.files import InputError
+from lawshift.files import InputError, model_digest, sha256_file
 from lawshift.generation import Backend, GenerationSettings, PromptResult
 from lawshift.params import SampleParams
 from lawshift.prompts import build_messages, render_prompt
@@ -126,28 +126,9 @@ def build_prompts(cases: Sequence[Case], indices: Sequence[int], lookup: Article
 
 # --- fingerprint -------------------------------------------------------------------------------------------------
 
-def _sha256_file(path: Path, h) -> None:
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-
-
 def file_digest(path: str | Path) -> str:
     h = hashlib.sha256()
-    _sha256_file(Path(path), h)
-    return h.hexdigest()
-
-
-def model_digest(name_or_path: str) -> str:
-    """Content hash of a local model directory (every file, by relative path); a hub id stands for itself."""
-    path = Path(name_or_path)
-    if not path.is_dir():
-        return f"hub:{name_or_path}"
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        _sha256_file(f, h)
-        h.update(b"\0")
+    sha256_file(Path(path), h)
     return h.hexdigest()
 
 

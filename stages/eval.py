@@ -76,8 +76,9 @@ def main(name: str | None = None) -> None:
     model, device = load_weights(p, base, name)
     k = e.num_samples if e.temperature > 0 else 1  # greedy answers are all the same: one is enough
     settings = GenerationSettings(n=k, temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens)
+    adapter = ADAPTERS[name] and files.model_digest(ADAPTERS[name])
     fp = ev.fingerprint({"eval": to_dict(e), "prompts": [[it.id, it.prompt] for it in items],
-                         "base": ev.tree_hash(base), "adapter": ADAPTERS[name] and ev.tree_hash(ADAPTERS[name])})
+                         "base": files.model_digest(base), "adapter": adapter})
     partial = ev.PartialLog(f"outputs/predictions_{name}.jsonl.partial", fp)
     records = list(ev.generate_records(HFBackend(model, tokenizer, device), ev.batches(items, lengths, e.batch_size),
                                        settings, e.seed, e.term_low, e.term_high, partial))

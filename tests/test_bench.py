@@ -15,6 +15,7 @@ from lawshift import bench, files, models
 from lawshift.data import ArticleLookup, load_articles, training_cases
 from lawshift.files import InputError
 from lawshift.generation import GenerationSettings, HFBackend
+from lawshift.params import TrainParams
 from lawshift.prompts import build_messages, render_prompt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,3 +129,40 @@ def test_bench_file_that_is_not_an_object_is_an_input_error(tmp_path):
     path.write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(InputError, match="bench.json: must be a JSON object"):
         bench.write_entry(path, "sampling", {})
+
+
+# ---- train: random vs length-grouped micro-batches -------------------------------------------------------------
+
+def varied_sft(tokenizer, path: Path, reasons: list[int]) -> Path:
+    """sft.jsonl with answers to the first training case whose reasoning has reasons[k] sentences: lengths as
+    different as the list makes them."""
+    case = training_cases(SAMPLE)[0]
+    arts = ArticleLookup(load_articles(ARTICLES), str(ARTICLES)).for_case(case)
+    prompt = render_prompt(tokenizer, build_messages(case.fact, arts))
+    answer = f"<answer>{case.charge} | {case.prison_time}</answer>"
+    records = [{**case.to_dict(), "case_id": case.case_id, "prompt": prompt, "weight": 1 / len(reasons),
+                "response": f"<think>{'依据法条。' * r}</think>{answer}", "num_correct_for_this_sample": len(reasons)}
+               for r in reasons]
+    files.write_jsonl(path, records)
+    return path
+
+
+def test_grouped_training_pads_less_and_trains_the_same_tokens(tiny, tiny_base, tmp_path):
+    _, tokenizer = tiny
+    sft = varied_sft(tokenizer, tmp_path / "sft.jsonl", [0, 150] * 8)  # short and long answers, alternating
+    tp = TrainParams(load_in_4bit=False, gradient_checkpointing=False, lora_r=4, lora_alpha=8,
+                     lora_target_modules=["q_proj", "v_proj"], num_train_epochs=1, per_device_train_batch_size=2,
+                     gradient_accumulation_steps=1, warmup_steps=0, logging_steps=4, max_length=1024, device="cpu",
+                     seed=0)
+    result = bench.compare_grouping(str(tiny_base), sft, tp, warm_up=False)
+    rnd, grp = (result["runs"][name] for name in bench.GROUPING)
+    lengths = [len(tokenizer(r["prompt"] + r["response"], add_special_tokens=False)["input_ids"]) + 1
+               for _, r in files.read_jsonl(sft)]  # + <|im_end|>
+    for r in (rnd, grp):
+        assert r["trained_tokens"] == sum(lengths) and r["micro_batches"] == 8 and r["steps"] == 8
+        assert r["padding_share"] == pytest.approx(1 - r["trained_tokens"] / r["padded_tokens"], abs=1e-4)
+        assert r["trained_tokens_per_second"] == pytest.approx(r["trained_tokens"] / r["seconds"], rel=0.01)
+        assert r["padded_tokens_per_second"] >= r["trained_tokens_per_second"] > 0
+    assert grp["padding_share"] < rnd["padding_share"]  # sorted 4-answer mega-batches pair short with short
+    assert result["padded_tokens_saved"] == rnd["padded_tokens"] - grp["padded_tokens"] > 0
+    assert not list(tmp_path.glob("**/checkpoint-*")) and set(p.name for p in tmp_path.iterdir()) == {"sft.jsonl"}
