@@ -23,6 +23,12 @@ def sampling_kwargs(settings: GenerationSettings, seed: int) -> dict:
             "max_tokens": settings.max_new_tokens, "seed": seed}
 
 
+def request_kwargs(settings: GenerationSettings, seed: int, count: int) -> list[dict]:
+    """One SamplingParams' arguments per prompt, each with its own seed: with one shared seed every prompt of a
+    call would draw from the same random stream."""
+    return [sampling_kwargs(settings, seed + i) for i in range(count)]
+
+
 def map_outputs(prompts: Sequence[str], outputs: Sequence, settings: GenerationSettings) -> list[PromptResult]:
     """vLLM RequestOutputs (same order as the prompts) -> one PromptResult per prompt.
 
@@ -65,6 +71,6 @@ class VLLMBackend:
     def generate(self, prompts: list[str], settings: GenerationSettings, seed: int) -> list[PromptResult]:
         from vllm import SamplingParams
 
-        params = SamplingParams(**sampling_kwargs(settings, seed))
+        params = [SamplingParams(**kw) for kw in request_kwargs(settings, seed, len(prompts))]
         outputs = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=False)
         return map_outputs(prompts, outputs, settings)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from lawshift.generation import Completion, GenerationSettings
-from lawshift.vllm_backend import map_outputs, sampling_kwargs
+from lawshift.vllm_backend import map_outputs, request_kwargs, sampling_kwargs
 
 
 @dataclass
@@ -62,3 +62,10 @@ def test_greedy_answer_is_repeated_n_times():
 def test_mismatched_outputs_are_refused(prompts, outs, match):
     with pytest.raises(RuntimeError, match=match):
         map_outputs(prompts, outs, GenerationSettings(n=2, temperature=0.8))
+
+
+def test_each_prompt_gets_its_own_seed():
+    reqs = request_kwargs(GenerationSettings(n=8, temperature=0.8, top_p=0.95, max_new_tokens=32), 100, 3)
+    assert [r["seed"] for r in reqs] == [100, 101, 102]
+    assert all({k: v for k, v in r.items() if k != "seed"} == {k: v for k, v in reqs[0].items() if k != "seed"}
+               for r in reqs)
