@@ -245,10 +245,14 @@ def sampling_bench(args: argparse.Namespace) -> dict:
             "settings": {"model": base, "cases": len(cases), "num_samples": sp.num_samples,
                          "temperature": sp.temperature, "top_p": sp.top_p, "max_new_tokens": sp.max_new_tokens,
                          "batch_size": sp.batch_size, "seed": sp.seed, "device": str(device),
-                         "dtype": str(next(model.parameters()).dtype), "torch_threads": torch.get_num_threads(),
-                         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                         "transformers": transformers.__version__},
+                         "dtype": str(next(model.parameters()).dtype), **environment()},
             "runs": runs}
+
+
+def environment() -> dict:
+    """What a benchmark figure depends on besides its settings: threads, processor, library versions."""
+    return {"torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def print_sampling(result: dict) -> None:
@@ -375,9 +379,7 @@ def train_bench(args: argparse.Namespace) -> dict:
                          "max_steps": tp.max_steps, "per_device_train_batch_size": tp.per_device_train_batch_size,
                          "gradient_accumulation_steps": tp.gradient_accumulation_steps,
                          "load_in_4bit": tp.load_in_4bit, "gradient_checkpointing": tp.gradient_checkpointing,
-                         "seed": tp.seed, "device": str(models.pick_device(tp.device)),
-                         "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-                         "torch": torch.__version__, "transformers": transformers.__version__,
+                         "seed": tp.seed, "device": str(models.pick_device(tp.device)), **environment(),
                          "mixed_prompt_tokens": args.mixed_prompt_tokens},
             "variants": variants}
 
