@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test lint install clean-venv reference
+.PHONY: repro test lint install clean-venv reference seeds
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,12 @@ repro: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+# The spread over seeds (README, Results): seeds 1-4 as DVC experiments beside the workspace's (run `make repro`
+# first), their figures in metrics/seeds.json, then the README table with mean and min-max. About 8 min on 2 cores.
+seeds: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lawshift.seeds
+	$(BIN)/python -m lawshift.results
 
 # The reference profile (Qwen2.5-0.5B-Instruct, full LawShift, original hyperparameters) on a GPU machine:
 #   make reference LAWSHIFT=/path/to/LawShift

@@ -16,7 +16,6 @@ import json
 import logging
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
 from lawshift.files import InputError, read_json
@@ -24,6 +23,7 @@ from lawshift.files import InputError, read_json
 log = logging.getLogger(__name__)
 
 SPLITS = ("original", "poisoned")
+LABELS = Path(__file__).with_name("labels.json")  # the benchmark's folders and their label types (package data)
 FOLDER_FILES = ("original.json", "poisoned.json", "articles_original.json", "articles_poisoned.json")
 
 
@@ -131,7 +131,7 @@ class FolderLabel:
 @cache
 def folder_labels() -> dict[str, FolderLabel]:
     """The 31 LawShift folders and their expected label types (package data from the benchmark's label.json)."""
-    raw = json.loads(resources.files("lawshift").joinpath("labels.json").read_text(encoding="utf-8"))
+    raw = json.loads(LABELS.read_text(encoding="utf-8"))
     return {r["name"]: FolderLabel(r["type"], r["name"], r["label"]) for r in raw}
 
 

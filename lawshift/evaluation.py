@@ -14,10 +14,7 @@ The flow is `build_items` / `train_items` -> `generate_records` (one scored reco
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,10 +23,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lawshift import files, models, paths
 from lawshift.answers import NO_VIOLATION, Answer, gold_term, normalize_charge, parse_answer
-from lawshift.data import SPLITS, ArticleLookup, Case, Folder, load_articles, training_cases
-from lawshift.files import InputError, write_jsonl
-from lawshift.generation import Backend, GenerationSettings
+from lawshift.codedeps import code_digest
+from lawshift.data import LABELS, SPLITS, ArticleLookup, Case, Folder, discover_folders, load_articles, training_cases
+from lawshift.files import InputError
+from lawshift.generation import Backend, GenerationSettings, HFBackend
+from lawshift.journal import Journal
+from lawshift.params import Params, to_dict
 from lawshift.prompts import build_messages, render_prompt
 from lawshift.scoring import is_correct, lawshift_success, term_error
 
@@ -49,21 +50,6 @@ class EvalItem:
     index: int  # position in its source file
     case: Case
     prompt: str
-
-
-def check_params(e, params_file: str = "params.yaml") -> None:
-    """Refuse eval settings that cannot run, naming the field, before any model is loaded."""
-    rules = [("num_samples", e.num_samples >= 1, "must be >= 1"),
-             ("batch_size", e.batch_size >= 1, "must be >= 1"),
-             ("max_new_tokens", e.max_new_tokens >= 1, "must be >= 1"),
-             ("temperature", e.temperature >= 0, "must be >= 0 (0 = greedy)"),
-             ("top_p", 0 < e.top_p <= 1, "must be in (0, 1]"),
-             ("train_subset", e.train_subset >= 0, "must be >= 0"),
-             ("term_high", 0 <= e.term_low <= e.term_high, "needs 0 <= term_low <= term_high"),
-             ("backend", e.backend == "hf", "only `hf` is available for eval")]
-    for name, ok, why in rules:
-        if not ok:
-            raise InputError(params_file, f"{why}, got {getattr(e, name)!r}", field=f"eval.{name}")
 
 
 def build_items(folders: Sequence[Folder], tokenizer, show_old_statute: bool = False,
@@ -145,7 +131,7 @@ def score_answer(item: EvalItem, text: str, sample: int, low: int, high: int) ->
     """
     answer = parse_answer(text)
     if item.split == TRAIN:
-        success = is_correct(answer, item.case)
+        success = is_correct(answer, item.case, term_tolerance=0)  # the exact rule: what the loop optimises
     else:
         success = lawshift_success(answer, item.label, item.split, low, high)
     charge_ok, term_ok, err = None, None, None
@@ -219,60 +205,31 @@ def compute_metrics(records: Sequence[dict]) -> dict:
 # Generation: batched, resumable
 
 
-def fingerprint(parts: dict) -> str:
-    """A hash of everything that decides the predictions; a partial file from other inputs is not reused."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
-
-
 class PartialLog:
-    """Per-batch records appended to `<out>.partial` under a fingerprint header, so an interrupted run resumes.
+    """The eval journal (lawshift/journal.py): one record per finished batch, `{"batch": b, "records": [...]}`,
+    under a header of everything that decides the predictions. A journal from other inputs is started afresh."""
 
-    Line 1 is `{"fingerprint": …}`, then one line per finished batch. Only the last line can be torn by an
-    interruption; it is dropped. A header from other inputs means the file is stale and it is started afresh.
-    """
-
-    def __init__(self, path: str | Path, fp: str):
-        self.path, self.fp = Path(path), fp
+    def __init__(self, path: str | Path, settings: dict):
+        self.journal = Journal(path, settings, who="eval")
 
     def load(self) -> dict[int, list[dict]]:
-        if not self.path.is_file():
-            return {}
-        # Bytes split at b"\n" only: a kill can tear the last line inside a multi-byte character, and model text
-        # may hold U+2028 and the like, which str.splitlines() would break a record at.
-        lines = self.path.read_bytes().removesuffix(b"\n").split(b"\n")
-        batches: dict[int, list[dict]] = {}
-        for lineno, line in enumerate(lines, start=1):
-            try:
-                obj = json.loads(line)
-            except ValueError:  # bad JSON or bad UTF-8
-                if lineno == len(lines):
-                    break  # torn by the interruption: that batch is generated again
-                raise InputError(self.path, "corrupt line in a partial predictions file; delete it to start over",
-                                 line=lineno) from None
-            if lineno == 1:
-                if not isinstance(obj, dict) or obj.get("fingerprint") != self.fp:
-                    log.info("%s is from other inputs; starting afresh", self.path)
-                    return {}
-                continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("batch"), int) \
-                    or not isinstance(obj.get("records"), list):
-                raise InputError(self.path, "not a batch of records; delete the file to start over", line=lineno)
-            batches[obj["batch"]] = obj["records"]
-        return batches
+        """Open the journal; the batches a matching earlier run finished."""
+        done: dict[int, list[dict]] = {}
 
-    def start(self, done: dict[int, list[dict]]) -> None:
-        """Rewrite the file with the header and the batches kept (drops a torn or stale tail)."""
-        lines = [{"fingerprint": self.fp}] + [{"batch": b, "records": recs} for b, recs in sorted(done.items())]
-        write_jsonl(self.path, lines)
+        def keep(lineno: int, rec: dict, _span) -> None:
+            if not isinstance(rec.get("batch"), int) or not isinstance(rec.get("records"), list):
+                raise InputError(self.journal.path, "not a batch of records; delete the file to start over",
+                                 line=lineno)
+            done[rec["batch"]] = rec["records"]
+
+        self.journal.open(keep)
+        return done
 
     def append(self, batch: int, records: list[dict]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"batch": batch, "records": records}, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.journal.append([{"batch": batch, "records": records}])
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        self.journal.remove()
 
 
 def batches(items: Sequence[EvalItem], lengths: Sequence[int], batch_size: int) -> list[list[EvalItem]]:
@@ -286,8 +243,6 @@ def generate_records(backend: Backend, groups: list[list[EvalItem]], settings: G
     """Generate and score every batch, yielding records in batch order. Batch b is seeded with seed + b, so a
     resumed run draws the same samples as an uninterrupted one."""
     done = partial.load() if partial else {}
-    if partial:
-        partial.start(done)
     total = sum(len(g) for g in groups)
     resumed = sum(len(g) for b, g in enumerate(groups) if b in done)
     with tqdm(total=total, initial=resumed, desc="eval cases", unit="case") as bar:
@@ -301,3 +256,67 @@ def generate_records(backend: Backend, groups: list[list[EvalItem]], settings: G
                 done[b] = recs
                 bar.update(len(group))
             yield from done[b]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The eval stage
+
+
+@dataclass
+class Evaluation:
+    records: list[dict]  # every answer, scored, in item order
+    metrics: dict
+    note: str  # for the report: prompts, answers per prompt, missing article ids
+    partial: PartialLog  # removed by the stage once the outputs are written
+
+
+def prompts(p: Params, tokenizer, config) -> tuple[list[EvalItem], list[int], int]:
+    """Both splits of every chosen folder, then the training subset; fails early if one cannot fit the context.
+    Returns the items, their prompt lengths in tokens and the number of cited article ids not found."""
+    e = p.eval
+    folders = discover_folders(p.data.root, e.folders or None)
+    if not folders:
+        raise InputError(p.data.root, "no LawShift folders here (names as in lawshift/labels.json)", field="data.root")
+    items, missing = build_items(folders, tokenizer, e.show_old_statute, p.data.strict_articles)
+    train, train_missing = train_items(p.data.root, p.data.train_articles, e.train_subset, p.seed, tokenizer,
+                                       p.data.strict_articles)
+    items += train
+    lengths = [len(ids) for ids in tokenizer([it.prompt for it in items], add_special_tokens=False)["input_ids"]]
+    models.check_context(config, max(lengths) + e.max_new_tokens, "eval.max_new_tokens")
+    return items, lengths, missing + train_missing
+
+
+def run_settings(p: Params, items: Sequence[EvalItem], base: str, adapter: str | None) -> dict:
+    """Everything that decides the predictions, the code and the label table included: the journal's header."""
+    return {"code": code_digest("eval"), "labels": files.file_digest(LABELS), "eval": to_dict(p.eval), "seed": p.seed,
+            "prompts": files.json_digest([[it.id, it.prompt] for it in items]), "base": files.model_digest(base),
+            "adapter": adapter and files.model_digest(adapter)}
+
+
+def run(p: Params, name: str) -> Evaluation:
+    """Evaluate model `name` (a key of paths.EVAL: the base, or the base with an adapter merged in), resuming an
+    interrupted run from its partial predictions journal."""
+    if name not in paths.EVAL:
+        raise InputError("dvc.yaml", f"unknown model {name!r}; expected one of {sorted(paths.EVAL)}",
+                         field="stages.eval.foreach")
+    e, adapter = p.eval, paths.EVAL[name]["adapter"] or None
+    base = models.resolve_base(paths.BASE)
+    # Tokenizer and config only: the prompts are built and checked against the context before any weights load.
+    tokenizer = models.load_tokenizer(base, p.model.trust_remote_code)
+    items, lengths, missing = prompts(p, tokenizer, models.load_config(base, p.model.trust_remote_code))
+    device = models.pick_device(e.device)
+    model = models.load_model(base, device=device, trust_remote_code=p.model.trust_remote_code,
+                              allow_pickle=p.model.allow_pickle, adapter=adapter)
+    if adapter:
+        model = model.merge_and_unload()  # plain weights generate faster than base + LoRA on every step
+    k = e.num_samples if e.temperature > 0 else 1  # greedy answers are all the same: one is enough
+    settings = GenerationSettings(n=k, temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens)
+    partial = PartialLog(paths.EVAL[name]["predictions"] + ".partial", run_settings(p, items, base, adapter))
+    records = list(generate_records(HFBackend(model, tokenizer, device), batches(items, lengths, e.batch_size),
+                                    settings, p.seed, e.term_low, e.term_high, partial))
+    order = {it.id: i for i, it in enumerate(items)}
+    records.sort(key=lambda r: (order[r["id"]], r["sample"]))  # file order, not batch order
+    partial.journal.close()
+    note = (f"{len(items)} prompts, {k} answer(s) each; {missing} cited article id(s) not found in the articles "
+            "files (left out of the prompts)")
+    return Evaluation(records, compute_metrics(records), note, partial)

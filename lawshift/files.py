@@ -71,11 +71,37 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             raise InputError(path, f"corrupt JSONL line: {err.msg} (column {err.colno})", line=lineno) from None
 
 
-def sha256_file(path: str | os.PathLike, h) -> None:
+# --- digests: one set of helpers for every fingerprint -------------------------------------------------------------
+
+def _feed_file(path: str | os.PathLike, h) -> None:
     """Feed a file's bytes into hash `h`, a megabyte at a time (model weights do not fit in memory twice)."""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of one file's bytes."""
+    h = hashlib.sha256()
+    _feed_file(path, h)
+    return h.hexdigest()
+
+
+def tree_digest(path: str | os.PathLike) -> str:
+    """sha256 over every file below a directory (relative path and bytes of each, in sorted order); a single
+    file hashes as a tree of one."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        h.update((f.relative_to(path).as_posix() if f != path else f.name).encode() + b"\0")
+        _feed_file(f, h)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def json_digest(obj: Any) -> str:
+    """sha256 of a JSON-able value in canonical form (sorted keys): the fingerprint of a settings mapping."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def model_digest(name_or_path: str | os.PathLike) -> str:
@@ -84,14 +110,7 @@ def model_digest(name_or_path: str | os.PathLike) -> str:
     Resumable stages put it in their fingerprint, so a partial result made with other weights is never continued.
     """
     path = Path(name_or_path)
-    if not path.is_dir():
-        return f"hub:{name_or_path}"
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        sha256_file(f, h)
-        h.update(b"\0")
-    return h.hexdigest()
+    return tree_digest(path) if path.is_dir() else f"hub:{name_or_path}"
 
 
 def dumps(obj: Any) -> str:

@@ -39,16 +39,6 @@ from lawshift.files import InputError
 from lawshift.params import FilterParams
 from lawshift.scoring import is_correct
 
-WEIGHTINGS = ("inverse_n", "uniform")
-
-
-def check_params(fp: FilterParams, params_file: str = "params.yaml") -> None:
-    if fp.weighting not in WEIGHTINGS:
-        raise InputError(params_file, f"unknown weighting {fp.weighting!r}, expected one of {WEIGHTINGS}",
-                         field="filter.weighting")
-    if fp.term_tolerance < 0:
-        raise InputError(params_file, f"must be >= 0, got {fp.term_tolerance}", field="filter.term_tolerance")
-
 
 def normalize_whitespace(text: str) -> str:
     """Runs of whitespace become one space and the ends are stripped: `a  b\n` and `a b` are one answer."""
@@ -90,23 +80,20 @@ class CaseOutcome:
     records: list[dict] = field(default_factory=list)  # those lines (dropped once written, see `run`)
 
 
-def filter_case(sampled: SampledCase, term_tolerance: int = 0, dedup: bool = True,
-                weighting: str = "inverse_n") -> CaseOutcome:
-    """Accept, deduplicate and weight the answers of one case."""
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}, expected one of {WEIGHTINGS}")
+def filter_case(sampled: SampledCase, fp: FilterParams) -> CaseOutcome:
+    """Accept, deduplicate and weight the answers of one case (`fp`: the filter params, validated on load)."""
     parses = [parse_answer(text) for text in sampled.answers]
     accepted = [text for text, ans in zip(sampled.answers, parses, strict=True)
-                if is_correct(ans, sampled.case, term_tolerance)]
+                if is_correct(ans, sampled.case, fp.term_tolerance)]
     kept, seen = [], set()
     for text in accepted:
         key = normalize_whitespace(text)
-        if dedup and key in seen:
+        if fp.dedup and key in seen:
             continue
         seen.add(key)
         kept.append(text)
     n = len(kept)
-    weight = 1.0 / n if weighting == "inverse_n" and n else 1.0
+    weight = 1.0 / n if fp.weighting == "inverse_n" and n else 1.0
     base = {"case_id": sampled.case_id, **sampled.case.to_dict(), "prompt": sampled.prompt}
     records = [{**base, "response": text, "num_correct_for_this_sample": n, "weight": weight} for text in kept]
     return CaseOutcome(len(parses), sum(a is None for a in parses), len(accepted), len(accepted) - n, n, records)
@@ -142,12 +129,12 @@ def accepted_histogram(outcomes: Iterable[CaseOutcome]) -> list[dict]:
     return [{"accepted": k, "cases": counts.get(k, 0)} for k in range(top + 1)]
 
 
-def run(samples: Path, sft: Path, fp: FilterParams) -> list[CaseOutcome]:
+def run(samples: str | Path, sft: str | Path, fp: FilterParams) -> list[CaseOutcome]:
     """Filter every case of `samples` into `sft` (atomic). Returns per-case outcomes, their records dropped."""
     outcomes = []
     with files.atomic_path(sft) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for index, (_, rec) in enumerate(files.read_jsonl(samples)):
-            outcome = filter_case(read_sampled_case(rec, samples, index), fp.term_tolerance, fp.dedup, fp.weighting)
+            outcome = filter_case(read_sampled_case(rec, samples, index), fp)
             out.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in outcome.records)
             outcome.records = []  # written; the counts are all the metrics need
             outcomes.append(outcome)
@@ -158,5 +145,5 @@ def run(samples: Path, sft: Path, fp: FilterParams) -> list[CaseOutcome]:
     return outcomes
 
 
-def write_histogram(path: Path, rows: list[dict]) -> None:
+def write_histogram(path: str | Path, rows: list[dict]) -> None:
     files.write_text(path, "accepted,cases\n" + "".join(f"{r['accepted']},{r['cases']}\n" for r in rows))

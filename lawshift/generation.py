@@ -15,7 +15,7 @@ answers cost nothing more. transformers' `generate(num_return_sequences=N)` inst
 prompt, keeps decoding finished rows until the batch's last answer ends, and sorts the whole vocabulary for top-p
 at every step (here only the few most likely tokens are ranked). Greedy decoding gives the same tokens as
 `generate`, and sampled tokens follow the same distribution (tests/test_generation.py). `shared_prefill=False`
-keeps the plain `generate` path: the baseline of `python -m lawshift.bench sampling`.
+keeps the plain `generate` path: the baseline of `python -m benchmarks sampling`.
 """
 
 from __future__ import annotations

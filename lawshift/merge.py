@@ -9,8 +9,9 @@ starts with its run's header line. The merge refuses, with one line naming the f
 sampled from another training set, and any case that is missing, recorded twice or in the wrong shard. Otherwise
 it writes every record, unchanged and in training-set order, to outputs/samples.jsonl (temp file + rename): the
 same file a single process writes, which the filter stage reads. metrics/sample.json gets the counts over all
-cases; throughput, time and memory come from the shards' metrics/sample.shard{i}-of-{n}.json when all are there
-(`tokens_per_second` is then the shards' sum: what they reach running side by side).
+cases; throughput, time and memory (metrics/time/sample.json) come from the shards' time files
+metrics/time/sample.shard{i}-of-{n}.json when all are there (`tokens_per_second` is then the shards' sum: what they
+reach running side by side).
 
 The shard files stay; `dvc commit sample` records the merged output as the sample stage's.
 """
@@ -25,13 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lawshift import files, sampling
+from lawshift import files, journal, paths, sampling
 from lawshift.data import Case, training_cases
 from lawshift.files import InputError
 from lawshift.params import SampleParams, load_params
 
-OUT = Path("outputs/samples.jsonl")
-METRICS = Path("metrics/sample.json")
+OUT = Path(paths.SAMPLES)
 SHARD_NAME = re.compile(r"\.shard(\d+)-of-(\d+)$")
 # Settings that differ between the shards of one run: the shard, and the hash of the shard's own prompts (each
 # shard renders only its cases; the inputs they are rendered from, model and files, must still agree).
@@ -55,31 +55,16 @@ def shard_number(path: Path) -> tuple[int, int]:
 
 
 def read_shard(path: Path) -> Shard:
-    """The header and records of one shard file, each record checked for an integer index and a case id."""
+    """The header and records of one shard file (a finished journal, lawshift/journal.py), each record checked for
+    an integer index and a case id."""
     index, count = shard_number(path)
-    try:
-        lines = path.read_bytes().splitlines(keepends=True)
-    except OSError as err:
-        raise InputError(path, f"cannot read: {err.strerror}") from None
-    try:
-        head = json.loads(lines[0]) if lines else None
-    except ValueError:
-        head = None
-    if not isinstance(head, dict) or not isinstance(head.get("settings"), dict):
-        raise InputError(path, "no header line: not written by a sharded sample run", line=1)
-    settings = head["settings"]
+    settings, lines = journal.read(path)
     if (settings.get("shard_index"), settings.get("num_shards")) != (index, count):
         raise InputError(path, f"header says shard {settings.get('shard_index')} of {settings.get('num_shards')}, "
                                f"the file name shard {index} of {count}", line=1)
     records: dict[int, tuple[int, bytes]] = {}
-    for lineno, raw in enumerate(lines[1:], start=2):
-        if not raw.endswith(b"\n"):
-            raise InputError(path, "incomplete last line", line=lineno)
-        try:
-            rec = json.loads(raw)
-        except ValueError as err:
-            raise InputError(path, f"corrupt line ({err})", line=lineno) from None
-        case = rec.get("index") if isinstance(rec, dict) else None
+    for lineno, rec, raw in lines:
+        case = rec.get("index")
         if not isinstance(case, int) or isinstance(case, bool) or not isinstance(rec.get("case_id"), str):
             raise InputError(path, "a record needs an integer index and a string case_id", line=lineno)
         if case in records:
@@ -114,7 +99,7 @@ def check_shards(shards: Sequence[Shard]) -> None:
 
 def check_cases(shards: Sequence[Shard], cases: Sequence[Case], training_set: Path) -> None:
     """Every case of the training set exactly once, in the shard that samples it."""
-    digest = sampling.file_digest(training_set)
+    digest = files.file_digest(training_set)
     n = shards[0].count
     for shard in shards:
         if shard.settings.get("training_set") != digest:
@@ -151,20 +136,27 @@ def merge(paths: Sequence[Path], cases: Sequence[Case], training_set: Path, out:
 
 
 def merged_metrics(tally: sampling.Tally, shard_metrics: Sequence[dict | None]) -> dict:
-    """metrics/sample.json's keys: counts from the merged records, throughput and time from the shards' files."""
+    """metrics/sample.json's keys: the counts from the merged records; missing article ids from the shards'
+    metrics, when all are there."""
     t = tally
     out = {"cases": t.cases, "answers_generated": t.answers, "generated_tokens": t.generated_tokens,
            "prompt_tokens": t.prompt_tokens, "correct_exact": t.correct, "format_errors": t.format_errors,
            "unfinished_answers": t.unfinished, "shards": len(shard_metrics)}
     if any(m is None for m in shard_metrics):
         return out
-    rates = [m.get("tokens_per_second") or 0.0 for m in shard_metrics]
-    return out | {"tokens_per_second": round(sum(rates), 1), "backend": shard_metrics[0].get("backend"),
-                  "device": shard_metrics[0].get("device"),
-                  "missing_articles": sum(m.get("missing_articles", 0) for m in shard_metrics),
-                  "resumed_cases": sum(m.get("resumed_cases", 0) for m in shard_metrics),
-                  "wall_seconds": max(m.get("wall_seconds", 0.0) for m in shard_metrics),
-                  "peak_rss_mb": max(m.get("peak_rss_mb", 0.0) for m in shard_metrics)}
+    return out | {"missing_articles": sum(m.get("missing_articles", 0) for m in shard_metrics)}
+
+
+def merged_run_info(shard_infos: Sequence[dict | None]) -> dict:
+    """metrics/time/sample.json from the shards' time files (when all are there): `tokens_per_second` is their sum,
+    what the shards reach running side by side; wall time and memory the largest shard's."""
+    if not shard_infos or any(m is None for m in shard_infos):
+        return {}
+    return {"tokens_per_second": round(sum(m.get("tokens_per_second") or 0.0 for m in shard_infos), 1),
+            "backend": shard_infos[0].get("backend"), "device": shard_infos[0].get("device"),
+            "resumed_cases": sum(m.get("resumed_cases", 0) for m in shard_infos),
+            "wall_seconds": max(m.get("wall_seconds", 0.0) for m in shard_infos),
+            "peak_rss_mb": max(m.get("peak_rss_mb", 0.0) for m in shard_infos)}
 
 
 def shard_files(out: Path) -> list[Path]:
@@ -178,16 +170,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     p = load_params(args.params)
     training_set = Path(p.data.root) / "training_set.json"
-    paths = args.shards or shard_files(OUT)
-    tally = merge(paths, training_cases(p.data.root), training_set, OUT)
-    shard_metrics = []
-    for path in paths:
-        i, n = shard_number(path)
-        mpath = sampling.output_path(SampleParams(shard_index=i, num_shards=n), METRICS)
-        shard_metrics.append(files.read_json(mpath) if mpath.is_file() else None)
-    metrics = merged_metrics(tally, shard_metrics)
-    files.write_json(METRICS, metrics)
-    print(f"merge: {len(paths)} shards, {tally.cases} cases -> {OUT}; {metrics}")
+    paths_ = args.shards or shard_files(OUT)
+    tally = merge(paths_, training_cases(p.data.root), training_set, OUT)
+
+    def per_shard(template: str) -> list[dict | None]:
+        found = []
+        for path in paths_:
+            i, n = shard_number(path)
+            file = sampling.output_path(SampleParams(shard_index=i, num_shards=n), template)
+            found.append(files.read_json(file) if file.is_file() else None)
+        return found
+
+    metrics = merged_metrics(tally, per_shard(paths.SAMPLE_METRICS))
+    files.write_json(paths.SAMPLE_METRICS, metrics)
+    info = merged_run_info(per_shard(paths.TIME["sample"]))
+    if info:
+        files.write_json(paths.TIME["sample"], info)
+    print(f"merge: {len(paths_)} shards, {tally.cases} cases -> {OUT}; {metrics} ({info})")
 
 
 if __name__ == "__main__":

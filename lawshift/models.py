@@ -2,7 +2,12 @@
 
 The base stage writes `models/base/`: either a full model directory (the offline tiny model) or a
 `base.json` pointer to a hub id or local path, so a multi-GB hub model is not copied into the DVC cache.
-Every later stage calls `resolve_base("models/base")` and loads from what it returns.
+The pointer pins what it points to: for a hub id the commit it resolved in the local Hugging Face cache
+(`model.revision`, default what `main` points to), and for both the sha256 of every file (weights, tokenizer,
+config). So a new snapshot or changed local files give another `models/base/` (and rerun everything downstream once
+the base stage reruns: `dvc repro -f base` after updating the cache, which DVC cannot see). Every later stage calls
+`resolve_base(paths.BASE)`, which returns the pinned local folder after checking the files are still the recorded
+ones, and loads from there.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ from pathlib import Path
 
 import torch
 
+from lawshift import numerics
 from lawshift.files import InputError, read_json
+from lawshift.params import param_error
 
 POINTER = "base.json"
+numerics.configure_torch()  # every stage that runs torch loads its models through here
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -33,14 +41,21 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 
 
 def resolve_base(base_dir: str | Path) -> str:
-    """The path or hub id the base stage settled on."""
+    """The local folder of the model the base stage settled on (a hub id's pinned snapshot), its files checked
+    against the recorded sha256s."""
     base_dir = Path(base_dir)
     if (base_dir / POINTER).is_file():
         pointer = read_json(base_dir / POINTER)
         name = pointer.get("name_or_path") if isinstance(pointer, dict) else None
         if not isinstance(name, str) or not name:
             raise InputError(base_dir / POINTER, "must be an object with a non-empty string", field="name_or_path")
-        return name
+        check_local_model(name, allow_pickle=True)  # a local path that is gone fails here, naming the path
+        folder = Path(name) if Path(name).exists() else hub_snapshot(name, pointer.get("revision"))
+        recorded = pointer.get("files")
+        if isinstance(recorded, dict) and file_hashes(folder) != recorded:
+            raise InputError(folder, f"the model's files changed since stage base recorded them in "
+                                     f"{base_dir / POINTER}; rerun it: dvc repro -f base")
+        return str(folder)
     if (base_dir / "config.json").is_file():
         return str(base_dir)
     raise InputError(base_dir, "no model here: run the base stage first (dvc repro base)")
@@ -127,17 +142,70 @@ def context_size(config) -> int | None:
     return None
 
 
-def check_context(config, needed: int, what: str, params_file: str = "params.yaml") -> None:
-    """Fail before any work when prompt + generation (or max_length) cannot fit the model's context."""
+def check_context(config, needed: int, what: str) -> None:
+    """Fail before any work when prompt + generation (or max_length) cannot fit the model's context; `what` is the
+    param to change."""
     limit = context_size(config)
     if limit is not None and needed > limit:
-        raise InputError(params_file, f"{needed} tokens needed but the model's context is {limit} tokens", field=what)
+        raise param_error(what, f"{needed} tokens needed but the model's context is {limit} tokens")
 
 
-def write_pointer(out_dir: str | Path, name_or_path: str) -> None:
+def write_pointer(out_dir: str | Path, pointer: dict) -> None:
+    """models/base/base.json: `name_or_path`, `revision` (the hub commit, or None for a local path) and `files`
+    (sha256 by relative path); resolve_base reads it back."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / POINTER).write_text(json.dumps({"name_or_path": name_or_path}) + "\n", encoding="utf-8")
+    (out_dir / POINTER).write_text(json.dumps(pointer, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def hub_cache() -> Path:
+    """The local Hugging Face hub cache (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
+    """The folder of `repo_id` at `revision` (a branch, tag or commit; None = main) in the local cache, by the
+    cache's own layout: models--{org}--{name}/refs/<revision> holds a commit, snapshots/<commit>/ its files."""
+    repo = hub_cache() / f"models--{repo_id.replace('/', '--')}"
+    rev = revision or "main"
+    ref = repo / "refs" / rev
+    commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() else rev
+    folder = repo / "snapshots" / commit
+    if not folder.is_dir():
+        what = f"revision {rev!r}" if revision else "its main revision"
+        raise InputError(repo_id, f"{what} is not in the local Hugging Face cache ({hub_cache()}); download it "
+                                  f"first (huggingface-cli download {repo_id}"
+                                  f"{' --revision ' + revision if revision else ''})", field="model.base")
+    return folder
+
+
+def file_hashes(folder: str | Path) -> dict[str, str]:
+    """sha256 of every file below a model folder (weights, tokenizer, config), by relative path."""
+    from lawshift.files import file_digest
+
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): file_digest(p) for p in sorted(folder.rglob("*")) if p.is_file()
+            and not p.relative_to(folder).as_posix().startswith(".")}
+
+
+def settle_pointer(mp, out_dir: str | Path) -> dict:
+    """Stage `base` for a hub id or local path (`mp`: the model params): resolve a hub id to its commit in the
+    local cache, check the model loads safely, then write the pointer (name, commit, every file's sha256)
+    atomically. Returns the base metrics."""
+    from lawshift.files import atomic_path
+
+    local = Path(mp.base).exists()
+    check_local_model(mp.base, mp.allow_pickle)  # a missing local-looking path fails here; a hub id passes
+    folder = Path(mp.base) if local else hub_snapshot(mp.base, mp.revision)
+    check_local_model(str(folder), mp.allow_pickle)
+    load_tokenizer(str(folder), mp.trust_remote_code)  # fail here, not three stages later
+    pointer = {"name_or_path": mp.base, "revision": None if local else folder.name, "files": file_hashes(folder)}
+    with atomic_path(out_dir) as tmp:
+        write_pointer(tmp, pointer)
+    return {"kind": "pointer", "name_or_path": mp.base, "revision": pointer["revision"],
+            "files": len(pointer["files"])}
 
 
 def offline_env() -> None:

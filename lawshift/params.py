@@ -6,6 +6,10 @@ One section per stage, as in DVC's example-get-started. Defaults are the origina
     from lawshift.params import load_params
     p = load_params("params.yaml")
     p.sample.num_samples
+
+Every rule a value must satisfy (ranges, choices, relations between keys) lives here, in each section's `problems`,
+and runs when the params load: a stage never starts with a value it cannot use, and library functions take the
+typed params without checking or re-defaulting them. A broken rule is an `InputError` naming params.yaml and the key.
 """
 
 from __future__ import annotations
@@ -22,6 +26,20 @@ import yaml
 
 from lawshift.files import InputError, read_text
 
+PARAMS_FILE = "params.yaml"  # what every stage reads (DVC's default params file)
+SAMPLE_BACKENDS = ("hf", "vllm")
+EVAL_BACKENDS = ("hf",)
+WEIGHTINGS = ("inverse_n", "uniform")
+
+
+def param_error(key: str, message: str) -> InputError:
+    """A bad value in the params file, as the one-line error every stage prints."""
+    return InputError(PARAMS_FILE, message, field=key)
+
+
+def _at_least(obj, low, *names) -> list[tuple[str, str]]:
+    return [(n, f"must be >= {low}, got {getattr(obj, n)!r}") for n in names if getattr(obj, n) < low]
+
 
 @dataclass
 class DataParams:
@@ -35,7 +53,6 @@ class DataParams:
 class TinyParams:
     """The offline tiny Qwen2 stand-in built by the base stage when `model.base` is `tiny`."""
 
-    seed: int = 0
     vocab_size: int = 3000
     hidden_size: int = 128
     intermediate_size: int = 512
@@ -52,10 +69,21 @@ class TinyParams:
     term_noise: float = 0.6
     term_offsets: list[int] = field(default_factory=lambda: [2])
 
+    def problems(self) -> list[tuple[str, str]]:
+        out = _at_least(self, 1, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                        "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+                        "warmup_batch_size") + _at_least(self, 0, "warmup_steps")
+        if not 0 <= self.term_noise <= 1:
+            out.append(("term_noise", f"must be in [0, 1], got {self.term_noise}"))
+        return out
+
 
 @dataclass
 class ModelParams:
     base: str = "Qwen/Qwen2.5-0.5B-Instruct"  # hub id, local path, or `tiny`
+    # A hub id's branch, tag or commit in the local Hugging Face cache; null = what the cache's `main` points to.
+    # Stage `base` records the commit it resolved and every file's sha256 in models/base/base.json.
+    revision: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False  # allow pytorch_model.bin weights (unsafe pickle); safetensors otherwise
     tiny: TinyParams = field(default_factory=TinyParams)
@@ -69,12 +97,23 @@ class SampleParams:
     top_p: float = 0.95
     max_new_tokens: int = 2048
     batch_size: int = 8  # cases per generate call
-    seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     shard_index: int = 0
     num_shards: int = 1
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = _at_least(self, 1, "num_samples", "max_new_tokens", "batch_size", "num_shards", "tensor_parallel_size")
+        if self.backend not in SAMPLE_BACKENDS:
+            out.append(("backend", f"unknown backend {self.backend!r}, expected one of {SAMPLE_BACKENDS}"))
+        if self.temperature < 0:
+            out.append(("temperature", f"must be >= 0, got {self.temperature}"))
+        if not 0 < self.top_p <= 1:
+            out.append(("top_p", f"must be in (0, 1], got {self.top_p}"))
+        if not 0 <= self.shard_index < self.num_shards:
+            out.append(("shard_index", f"must be in [0, num_shards={self.num_shards}), got {self.shard_index}"))
+        return out
 
 
 @dataclass
@@ -82,6 +121,12 @@ class FilterParams:
     term_tolerance: int = 0  # months; 0 = exact term
     dedup: bool = True
     weighting: str = "inverse_n"  # inverse_n | uniform
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = _at_least(self, 0, "term_tolerance")
+        if self.weighting not in WEIGHTINGS:
+            out.append(("weighting", f"unknown weighting {self.weighting!r}, expected one of {WEIGHTINGS}"))
+        return out
 
 
 @dataclass
@@ -108,9 +153,12 @@ class TrainParams:
     gradient_checkpointing: bool = True
     optim: str = "paged_adamw_32bit"
     group_by_length: bool = True
-    seed: int = 42
     device: str = "auto"
     num_processes: int = 1
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _at_least(self, 1, "lora_r", "per_device_train_batch_size", "gradient_accumulation_steps",
+                         "max_length", "logging_steps", "save_steps", "num_processes")
 
 
 @dataclass
@@ -122,16 +170,31 @@ class EvalParams:
     top_p: float = 1.0
     max_new_tokens: int = 2048
     batch_size: int = 8
-    seed: int = 42
     device: str = "auto"
     term_low: int = 36  # months: the protocol's 3-year threshold
     term_high: int = 120  # months: the protocol's 10-year threshold
     train_subset: int = 64  # training cases for the train-set exact-answer check
     backend: str = "hf"
 
+    def problems(self) -> list[tuple[str, str]]:
+        out = _at_least(self, 1, "num_samples", "batch_size", "max_new_tokens") + _at_least(self, 0, "train_subset")
+        if self.temperature < 0:
+            out.append(("temperature", f"must be >= 0 (0 = greedy), got {self.temperature}"))
+        if not 0 < self.top_p <= 1:
+            out.append(("top_p", f"must be in (0, 1], got {self.top_p}"))
+        if not 0 <= self.term_low <= self.term_high:
+            out.append(("term_high", f"needs 0 <= term_low <= term_high, got {self.term_low}, {self.term_high}"))
+        if self.backend not in EVAL_BACKENDS:
+            out.append(("backend", f"unknown backend {self.backend!r}, expected one of {EVAL_BACKENDS}"))
+        return out
+
 
 @dataclass
 class Params:
+    # Every random choice of every stage follows this one seed: the tiny base's initialisation and warm-start,
+    # sampling, LoRA initialisation and data order, eval's training subset and draws. A spread over seeds:
+    # `make seeds` (lawshift/seeds.py).
+    seed: int = 0
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)
     sample: SampleParams = field(default_factory=SampleParams)
@@ -183,21 +246,31 @@ def _build(cls: type, raw: dict, prefix: str, path: str) -> Any:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise InputError(path, f"unknown key{hint}", field=where)
         kwargs[key] = _check_type(value, hints[key], where, path)
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    for key, message in obj.problems() if hasattr(obj, "problems") else ():
+        raise InputError(path, message, field=f"{prefix}.{key}" if prefix else key)
+    return obj
 
 
-def params_from_dict(raw: dict | None, path: str = "params.yaml") -> Params:
+def params_from_dict(raw: dict | None, path: str = PARAMS_FILE) -> Params:
     return _build(Params, raw or {}, "", path)
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Load and validate a params file (yaml.safe_load; unknown keys and wrong types are errors)."""
+def load_params(path: str | Path = PARAMS_FILE, overrides: dict | None = None) -> Params:
+    """Load and validate a params file (yaml.safe_load; unknown keys, wrong types and broken rules are errors).
+
+    `overrides` ({section: {key: value}}, e.g. a shard index from the command line) replace values of the file
+    before validation, so they obey the same rules.
+    """
     try:
         raw = yaml.safe_load(read_text(path))
     except yaml.YAMLError as err:
         raise InputError(path, f"invalid YAML: {err}") from None
     if raw is not None and not isinstance(raw, dict):
         raise InputError(path, "expected a mapping of sections")
+    raw = dict(raw or {})
+    for section, values in (overrides or {}).items():
+        raw[section] = {**(raw.get(section) or {}), **values}
     return params_from_dict(raw, str(path))
 
 

@@ -3,6 +3,7 @@
     table = folder_table(metrics)                        # one row per folder plus an overall row
     text = report_markdown("base", metrics, records)     # reports/eval_<model>.md
     folder_plot(metrics), term_error_plot(records)   # plots/eval_<model>_*.csv
+    write_outputs("base", evaluation)                # all of an eval stage's outputs (paths.EVAL), atomically
 
 Model text is escaped before it reaches markdown: a `|` or a newline in an answer would otherwise break the
 table, and `<think>`/`<answer>` tags would be swallowed as HTML by a renderer.
@@ -14,6 +15,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 import pandas as pd
+
+from lawshift import files, paths
 
 TERM_ERROR_CLIP = 120  # months: errors beyond ±10 years are pooled in the end bins of the term-error plot
 EXAMPLES = 5  # unparseable answers quoted in the report
@@ -100,3 +103,14 @@ def term_error_plot(records: Sequence[dict], clip: int = TERM_ERROR_CLIP) -> pd.
     span = range(min(errors), max(errors) + 1)
     return pd.DataFrame({"term_error_months": list(span), "answers": [counts[e] for e in span],
                          "share": [round(counts[e] / len(errors), 6) for e in span]})
+
+
+def write_outputs(name: str, ev) -> None:
+    """Every output of the eval stage of model `name` (`ev`: its evaluation.Evaluation) at its paths.EVAL paths,
+    each file written atomically."""
+    where = paths.EVAL[name]
+    files.write_jsonl(where["predictions"], ev.records)
+    files.write_json(where["metrics"], ev.metrics)
+    files.write_text(where["report"], report_markdown(name, ev.metrics, ev.records, [ev.note]))
+    files.write_text(where["folders_plot"], folder_plot(ev.metrics).to_csv(index=False))
+    files.write_text(where["term_errors_plot"], term_error_plot(ev.records).to_csv(index=False))

@@ -7,34 +7,58 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
 import re
 from pathlib import Path
 
+from lawshift import paths
 from lawshift.files import InputError, read_json, write_text
 
+SEEDS = "metrics/seeds.json"  # written by python -m lawshift.seeds
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-MODELS = ("base", "sft")
 
 
 def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+LABELS = {"acceptance": "acceptance (accepted / sampled answers)",
+          "coverage": "coverage (cases with an accepted answer)"}
 
 
-def results_table(metrics_dir: str | Path = "metrics", date: str | None = None) -> str:
-    metrics_dir = Path(metrics_dir)
-    evals = {m: read_json(metrics_dir / f"eval_{m}.json") for m in MODELS if (metrics_dir / f"eval_{m}.json").is_file()}
+def _label(key: str) -> str:
+    if key in LABELS:
+        return LABELS[key]
+    model, figure = key.split(".", 1)
+    return f"{model}: " + {"train_exact": "train exact", "original": "LawShift original",
+                           "poisoned": "LawShift poisoned", "gap": "LawShift gap"}.get(figure, figure)
+
+
+def spread_table(seeds: dict) -> list[str]:
+    """Lines of the seed table from metrics/seeds.json: each figure's default-seed value, mean and min–max."""
+    runs = seeds["seeds"]
+    default = runs[str(seeds["default_seed"])]
+    names = ", ".join(sorted(runs, key=int))
+    lines = [f"Over {len(runs)} seeds ({names}; `make seeds`, then `python -m lawshift.results`):", "",
+             f"| figure | seed {seeds['default_seed']} | mean | min–max |", "|---|---|---|---|"]
+    for key in default:
+        values = [r[key] for r in runs.values() if r.get(key) is not None]
+        if not values:
+            continue
+        lines.append(f"| {_label(key)} | {_pct(default[key])} | {_pct(sum(values) / len(values))} "
+                     f"| {_pct(min(values))} – {_pct(max(values))} |")
+    return lines
+
+
+def results_table(root: str | Path = ".") -> str:
+    """The table from the metrics files of the project at `root` (paths as in lawshift/paths.py), and the spread
+    over seeds from metrics/seeds.json when it is there and was made from the same default run."""
+    root = Path(root)
+    evals = {m: read_json(root / e["metrics"]) for m, e in paths.EVAL.items() if (root / e["metrics"]).is_file()}
     if not evals:
-        raise InputError(metrics_dir, "no eval metrics: run the pipeline first (make repro)")
-    filt = read_json(metrics_dir / "filter.json") if (metrics_dir / "filter.json").is_file() else {}
-    date = date or dt.date.today().isoformat()
-    lines = [f"Default run of {date} on {machine()}; regenerate with `python -m lawshift.results`.", "",
+        raise InputError(root / "metrics", "no eval metrics: run the pipeline first (make repro)")
+    filt = read_json(root / paths.FILTER_METRICS) if (root / paths.FILTER_METRICS).is_file() else {}
+    lines = ["The default run (`make repro`; the same digits on any x86-64 machine with AVX2, see Reproducibility); "
+             "regenerate with `python -m lawshift.results`.", "",
              "| model | train exact | LawShift original | LawShift poisoned | gap | format valid |",
              "|---|---|---|---|---|---|"]
     for name, m in evals.items():
@@ -45,6 +69,13 @@ def results_table(metrics_dir: str | Path = "metrics", date: str | None = None) 
         lines += ["", f"Rejection sampling accepted {_pct(filt.get('acceptance_rate'))} of "
                       f"{filt.get('total_generated')} answers; {filt.get('samples_with_no_correct')} of "
                       f"{filt.get('total_samples')} cases had none accepted."]
+    seeds_file = root / SEEDS
+    if seeds_file.is_file():
+        seeds = read_json(seeds_file)
+        default = seeds["seeds"][str(seeds["default_seed"])]
+        if filt and default["acceptance"] != filt.get("acceptance_rate"):
+            raise InputError(seeds_file, "made from another default run than the metrics here: rerun make seeds")
+        lines += ["", *spread_table(seeds)]
     return "\n".join(lines)
 
 
@@ -58,11 +89,11 @@ def update_readme(readme: str | Path, table: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--metrics", default="metrics")
+    ap.add_argument("--root", default=".", help="the project whose metrics/ to read")
     ap.add_argument("--readme", default="README.md")
     ap.add_argument("--print", action="store_true", help="print the table instead of updating the README")
     args = ap.parse_args()
-    table = results_table(args.metrics)
+    table = results_table(args.root)
     if args.print:
         print(table)
     else:

@@ -1,6 +1,8 @@
-"""Where a run's time and memory go: each stage records its wall time and peak memory in its metrics file.
+"""Where a run's time and memory go: each stage writes its wall time, peak memory (and throughput, where it has one)
+to its own file under metrics/time/, apart from its results, so comparing two machines' runs with
+`dvc metrics diff` shows differences in those files only.
 
-    python -m lawshift.runinfo          # after `dvc repro`: one line per stage, read from metrics/*.json
+    python -m lawshift.runinfo          # after `dvc repro`: one line per stage, read from metrics/time/*.json
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-# stage -> its metrics file name; eval keeps time apart from its metrics, whose shape is an interface
-STAGES = {"base": "base", "sample": "sample", "filter": "filter", "train": "train", "eval@base": "eval_base_time",
-          "eval@sft": "eval_sft_time"}
+from lawshift import files, numerics, paths
+
+
+def time_files() -> dict[str, str]:
+    """Stage name (as `dvc repro` names it) -> its time file."""
+    return {**paths.TIME, **{f"eval@{name}": m["time"] for name, m in paths.EVAL.items()}}
 
 
 class StageClock:
@@ -29,19 +34,27 @@ class StageClock:
         return {"wall_seconds": round(time.perf_counter() - self.start, 2),
                 "peak_rss_mb": round(max(own, kids) / 1024, 1)}
 
+    def write(self, path: str | Path, extra: dict | None = None) -> dict:
+        """Write the stage's timing (plus `extra`, e.g. tokens per second, and the numerics it ran under) to its
+        time file; returns what it printed (the numerics left out)."""
+        stats = {**(extra or {}), **self.stats()}
+        files.write_json(path, {**stats, "numerics": numerics.settings()})
+        return stats
 
-def summary(metrics_dir: str | Path = "metrics") -> str:
+
+def summary(root: str | Path = ".") -> str:
     rows, total = [], 0.0
-    for name, file in STAGES.items():
-        path = Path(metrics_dir) / f"{file}.json"
+    for name, file in time_files().items():
+        path = Path(root) / file
         if not path.is_file():
             continue
         m = json.loads(path.read_text(encoding="utf-8"))
         wall, rss = m.get("wall_seconds", 0.0), m.get("peak_rss_mb", 0.0)
         total += wall
         rows.append(f"  {name:<10} {wall:8.1f} s   peak {rss:7.0f} MB")
-    return "\n".join(["time and memory per stage (from metrics/*.json):", *rows, f"  {'total':<10} {total:8.1f} s"])
+    return "\n".join(["time and memory per stage (from metrics/time/*.json):", *rows,
+                      f"  {'total':<10} {total:8.1f} s"])
 
 
 if __name__ == "__main__":
-    print(summary(sys.argv[1] if len(sys.argv) > 1 else "metrics"))
+    print(summary(sys.argv[1] if len(sys.argv) > 1 else "."))

@@ -7,14 +7,11 @@ changing the acceptance rule never reruns this expensive half.
 
 Files
 -----
-`outputs/samples.jsonl.partial` while running. Line 1 is a header, `{"fingerprint": …, "settings": {…}}`; every
-further line is a case record. A rerun after Ctrl-C or SIGKILL reads it back and continues:
-
-* header fingerprint differs (model, data, articles, prompts or sampling settings changed): one line says so and
-  sampling starts afresh;
-* an unterminated last line is the torn tail of a killed write: it is cut off and its case redone;
-* a corrupt line before that is an `InputError` with its line number (never skipped silently);
-* cases already recorded are skipped, so every case ends up exactly once.
+`outputs/samples.jsonl.partial` while running: a journal (lawshift/journal.py) whose header holds the settings
+that decide the records (model, data, articles, prompts, sampling params) and whose lines are case records. A rerun
+after Ctrl-C or SIGKILL continues it under the journal's rules (other settings: start afresh, saying which changed;
+a torn last line: redone; a corrupt line: an error naming it), and skips the cases already recorded, so every case
+ends up exactly once. A record for a case this run does not sample, or a case recorded twice, is an error too.
 
 When every case is done the records are written, in training-set order and without the header, to
 `outputs/samples.jsonl` (temp file + rename) and the partial file is removed. So `samples.jsonl` only ever holds
@@ -31,7 +28,7 @@ Case record (one JSON object per line of `outputs/samples.jsonl`):
                   "num_tokens": 62, "finished": true,                       # stopped at eos
                   "parse": {"verdict": "V", "charge": "容留他人吸毒", "term": 7}}, …]}   # parse_answer; null if none
 
-Batches form a fixed grid over the case list and each batch's seed derives from (`sample.seed`, index of its
+Batches form a fixed grid over the case list and each batch's seed derives from (`seed`, index of its
 first case), so a run resumed at a batch boundary draws the same answers as an uninterrupted one.
 
 Shards
@@ -48,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -57,40 +53,23 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lawshift import files
+from lawshift import files, models, paths
 from lawshift.answers import Answer, parse_answer
-from lawshift.data import ArticleLookup, Case
-from lawshift.files import InputError, model_digest, sha256_file
+from lawshift.codedeps import code_digest
+from lawshift.data import ArticleLookup, Case, load_articles, training_cases
+from lawshift.files import InputError
 from lawshift.generation import Backend, GenerationSettings, PromptResult
-from lawshift.params import SampleParams
+from lawshift.journal import Journal, Span
+from lawshift.params import Params, SampleParams, param_error
 from lawshift.prompts import build_messages, render_prompt
 from lawshift.scoring import is_correct
 
-BACKENDS = ("hf", "vllm")
 # Settings that change what is generated; device and vLLM memory knobs do not change the records' meaning.
-SAMPLING_KEYS = ("backend", "num_samples", "temperature", "top_p", "max_new_tokens", "batch_size", "seed",
+SAMPLING_KEYS = ("backend", "num_samples", "temperature", "top_p", "max_new_tokens", "batch_size",
                  "shard_index", "num_shards")
 
 
-def check_params(sp: SampleParams, params_file: str = "params.yaml") -> None:
-    """Fail before loading anything when a sample param cannot work."""
-    def bad(name: str, why: str) -> InputError:
-        return InputError(params_file, why, field=f"sample.{name}")
-
-    if sp.backend not in BACKENDS:
-        raise bad("backend", f"unknown backend {sp.backend!r}, expected one of {BACKENDS}")
-    for name in ("num_samples", "max_new_tokens", "batch_size", "num_shards"):
-        if getattr(sp, name) < 1:
-            raise bad(name, f"must be >= 1, got {getattr(sp, name)}")
-    if sp.temperature < 0:
-        raise bad("temperature", f"must be >= 0, got {sp.temperature}")
-    if not 0 < sp.top_p <= 1:
-        raise bad("top_p", f"must be in (0, 1], got {sp.top_p}")
-    if not 0 <= sp.shard_index < sp.num_shards:
-        raise bad("shard_index", f"must be in [0, num_shards={sp.num_shards}), got {sp.shard_index}")
-
-
-def output_path(sp: SampleParams, out: str | Path = "outputs/samples.jsonl") -> Path:
+def output_path(sp: SampleParams, out: str | Path) -> Path:
     """One shard of a multi-process run writes its own file (joined by `python -m lawshift.merge`)."""
     out = Path(out)
     if sp.num_shards == 1:
@@ -102,11 +81,11 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def shard_indices(n_cases: int, sp: SampleParams, params_file: str = "params.yaml") -> list[int]:
+def shard_indices(n_cases: int, sp: SampleParams) -> list[int]:
     indices = list(range(sp.shard_index, n_cases, sp.num_shards))
     if not indices:
-        raise InputError(params_file, f"shard {sp.shard_index} of {sp.num_shards} gets none of the {n_cases} cases",
-                         field="sample.shard_index")
+        raise param_error("sample.shard_index", f"shard {sp.shard_index} of {sp.num_shards} gets none of the "
+                                                f"{n_cases} cases")
     return indices
 
 
@@ -126,23 +105,15 @@ def build_prompts(cases: Sequence[Case], indices: Sequence[int], lookup: Article
 
 # --- fingerprint -------------------------------------------------------------------------------------------------
 
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    sha256_file(Path(path), h)
-    return h.hexdigest()
-
-
 def run_settings(sp: SampleParams, model: str, training_set: str | Path, articles: str | Path,
-                 prompts: Sequence[str]) -> dict:
-    """Everything that decides the records' content; its hash is the partial file's fingerprint."""
-    prompts_hash = hashlib.sha256("\0".join(prompts).encode("utf-8")).hexdigest()
-    return {"model": model_digest(model), "training_set": file_digest(training_set),
-            "articles": file_digest(articles), "prompts": prompts_hash,
-            **{k: getattr(sp, k) for k in SAMPLING_KEYS}}
-
-
-def fingerprint(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()
+                 prompts: Sequence[str], seed: int) -> dict:
+    """Everything that decides the records' content, the code that makes them included: the partial journal's
+    header."""
+    prompts_hash = files.json_digest(list(prompts))
+    return {"code": code_digest("sample"), "model": files.model_digest(model),
+            "training_set": files.file_digest(training_set),
+            "articles": files.file_digest(articles), "prompts": prompts_hash,
+            "seed": seed, **{k: getattr(sp, k) for k in SAMPLING_KEYS}}
 
 
 # --- records and counters ----------------------------------------------------------------------------------------
@@ -194,7 +165,7 @@ class Tally:
         self.answers += len(parses)
         self.format_errors += sum(a is None for a in parses)
         self.unfinished += sum(not f for f in finished)
-        self.correct += sum(is_correct(a, gold) for a in parses)
+        self.correct += sum(is_correct(a, gold, term_tolerance=0) for a in parses)
         self.prompt_tokens += prompt_tokens
         self.generated_tokens += generated_tokens
 
@@ -202,103 +173,40 @@ class Tally:
 # --- the resumable partial file ----------------------------------------------------------------------------------
 
 class PartialFile:
-    """The partial JSONL: continued when its fingerprint matches, else started afresh; appended to per batch.
-
-    `done` maps each recorded case index to the (byte offset, length) of its line, so `finalize` can write the
-    records in training-set order without holding them in memory.
-    """
+    """The sample journal: which cases are done (and where their lines are), with the running tally."""
 
     def __init__(self, path: Path, settings: dict, case_ids: dict[int, str], tally: Tally):
-        self.path, self.settings, self.case_ids = path, settings, case_ids
-        self.fp = fingerprint(settings)
-        self.done: dict[int, tuple[int, int]] = {}  # filled by _scan
-        self.size = 0  # bytes of complete lines: where the next record goes
-        self.header_size = 0  # bytes of the header line
-        why = self._scan(tally) if path.is_file() else "new"
-        if why is not None:
-            if why != "new":
-                print(f"sample: {path}: {why}; starting afresh", file=sys.stderr)
-            self.done.clear()
-            tally.clear()
-            # The header goes in atomically, so a partial file always starts with a complete one.
-            files.write_text(path, json.dumps({"fingerprint": self.fp, "settings": settings}, sort_keys=True) + "\n")
-            self.size = self.header_size = path.stat().st_size
+        self.path, self.case_ids, self.tally = path, case_ids, tally
+        self.done: dict[int, Span] = {}  # case index -> its record's line in the journal
+        self.journal = Journal(path, settings, who="sample")
+        self.journal.open(self._resume)
         self.resumed = len(self.done)
-        self.f = open(path, "ab")
 
-    def _scan(self, tally: Tally) -> str | None:
-        """Read back what is done; returns why the file cannot be continued, or None."""
-        with open(self.path, "rb") as f:
-            header = f.readline()
-            try:
-                head = json.loads(header) if header.endswith(b"\n") else None
-            except ValueError:
-                head = None
-            if not isinstance(head, dict) or "fingerprint" not in head:
-                return "no readable header line"
-            if head["fingerprint"] != self.fp:
-                old = head.get("settings") if isinstance(head.get("settings"), dict) else {}
-                changed = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
-                return f"written with different settings ({', '.join(changed) or 'fingerprint'})"
-            self.size = self.header_size = len(header)
-            for lineno, raw in enumerate(f, start=2):
-                if not raw.endswith(b"\n"):
-                    # A killed write: the rest of this line never reached the disk. Cut it off and redo its case.
-                    os.truncate(self.path, self.size)
-                    print(f"sample: {self.path}:{lineno}: dropped a torn last line (an interrupted write)",
-                          file=sys.stderr)
-                    break
-                index, rec = self._check_line(lineno, raw)
-                tally.add(rec, self.path, lineno)
-                self.done[index] = (self.size, len(raw))
-                self.size += len(raw)
-        return None
-
-    def _check_line(self, lineno: int, raw: bytes) -> tuple[int, dict]:
-        try:
-            rec = json.loads(raw)
-        except ValueError as err:
-            raise InputError(self.path, f"corrupt line ({err}); delete the file to start afresh",
-                             line=lineno) from None
-        index = rec.get("index") if isinstance(rec, dict) else None
+    def _resume(self, lineno: int, rec: dict, span: Span) -> None:
+        index = rec.get("index")
         if index not in self.case_ids or rec.get("case_id") != self.case_ids[index]:
             raise InputError(self.path, "record for a case this run does not sample; delete the file to start "
                                         "afresh", line=lineno, field="case_id")
         if index in self.done:
             raise InputError(self.path, f"case {index} recorded twice; delete the file to start afresh", line=lineno)
-        return index, rec
+        self.tally.add(rec, self.path, lineno)
+        self.done[index] = span
 
     def append(self, records: list[dict]) -> None:
         """One write per batch, then flush and fsync: once this returns the batch survives a kill or power loss."""
-        lines = [(json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in records]
-        self.f.write(b"".join(lines))
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        for rec, line in zip(records, lines, strict=True):
-            self.done[rec["index"]] = (self.size, len(line))
-            self.size += len(line)
+        for rec, span in zip(records, self.journal.append(records), strict=True):
+            self.done[rec["index"]] = span
 
     def close(self) -> None:
-        self.f.close()
+        self.journal.close()
 
     def finalize(self, out: Path, order: Sequence[int], keep_header: bool = False) -> Tally:
         """Write the records in `order` to `out` atomically, the header line first only if `keep_header` (a
         shard's file: the merge checks it); remove the partial file."""
-        self.close()
         tally = Tally()
-        with files.atomic_path(out) as tmp:
-            with open(self.path, "rb") as src, open(tmp, "wb") as dst:
-                if keep_header:
-                    dst.write(src.read(self.header_size))
-                for index in order:
-                    offset, length = self.done[index]
-                    src.seek(offset)
-                    raw = src.read(length)
-                    tally.add(json.loads(raw), self.path)
-                    dst.write(raw)
-                dst.flush()
-                os.fsync(dst.fileno())
-        self.path.unlink()
+        self.journal.copy_to(out, [self.done[i] for i in order], keep_header, each=lambda raw: tally.add(
+            json.loads(raw), self.path))
+        self.journal.remove()
         return tally
 
 
@@ -310,6 +218,7 @@ class Job:
     indices: list[int]  # the cases this run samples (all of them, or one shard), in processing order
     prompts: list[str]  # rendered prompt of each selected case
     settings: dict  # run_settings(...)
+    seed: int  # the run's seed (params `seed`): each batch's seed derives from it and the batch's first case
 
 
 @dataclass
@@ -336,7 +245,7 @@ def sample(job: Job, backend: Backend, sp: SampleParams, out: Path) -> RunStats:
             if not todo:
                 continue
             t0 = time.perf_counter()
-            results = backend.generate([job.prompts[k] for k in todo], gen, batch_seed(sp.seed, job.indices[start]))
+            results = backend.generate([job.prompts[k] for k in todo], gen, batch_seed(job.seed, job.indices[start]))
             seconds += time.perf_counter() - t0
             records = [case_record(job.indices[k], job.cases[job.indices[k]], job.prompts[k], r)
                        for k, r in zip(todo, results, strict=True)]
@@ -358,26 +267,54 @@ def sample(job: Job, backend: Backend, sp: SampleParams, out: Path) -> RunStats:
 
 
 def make_backend(sp: SampleParams, base: str, device, *, trust_remote_code: bool, allow_pickle: bool,
-                 max_model_len: int) -> Backend:
+                 max_model_len: int, seed: int) -> Backend:
     """The generation backend `sample.backend` names, loaded from the resolved base model."""
     if sp.backend == "vllm":
         from lawshift.vllm_backend import VLLMBackend
 
         return VLLMBackend(base, tensor_parallel_size=sp.tensor_parallel_size,
-                           gpu_memory_utilization=sp.gpu_memory_utilization, seed=sp.seed,
+                           gpu_memory_utilization=sp.gpu_memory_utilization, seed=seed,
                            max_model_len=max_model_len, trust_remote_code=trust_remote_code)
-    from lawshift import models
     from lawshift.generation import HFBackend
 
     model = models.load_model(base, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     return HFBackend(model, models.load_tokenizer(base, trust_remote_code), device)
 
 
-def metrics(stats: RunStats, backend: str, device: str, missing_articles: int) -> dict:
+def metrics(stats: RunStats, missing_articles: int) -> dict:
+    """The stage's results: counts that depend only on the inputs and settings, never on the machine."""
     t = stats.tally
-    # Throughput of this run's generate calls only: model loading and resumed cases are not in it.
-    tok_s = round(stats.new_tokens / stats.generate_seconds, 1) if stats.generate_seconds else None
     return {"cases": t.cases, "answers_generated": t.answers, "generated_tokens": t.generated_tokens,
-            "prompt_tokens": t.prompt_tokens, "tokens_per_second": tok_s, "backend": backend, "device": device,
-            "missing_articles": missing_articles, "resumed_cases": stats.resumed_cases, "correct_exact": t.correct,
+            "prompt_tokens": t.prompt_tokens, "missing_articles": missing_articles, "correct_exact": t.correct,
             "format_errors": t.format_errors, "unfinished_answers": t.unfinished}
+
+
+def run_info(stats: RunStats, backend: str, device: str) -> dict:
+    """How this run went (its time file): throughput of this run's generate calls only (model loading and
+    resumed cases are not in it), backend, device and resumed cases."""
+    tok_s = round(stats.new_tokens / stats.generate_seconds, 1) if stats.generate_seconds else None
+    return {"tokens_per_second": tok_s, "backend": backend, "device": device, "resumed_cases": stats.resumed_cases}
+
+
+def run(p: Params) -> tuple[dict, dict]:
+    """The sample stage: every case of this shard (all cases when unsharded) sampled into its output file.
+    Returns (metrics, run info)."""
+    sp = p.sample
+    base = models.resolve_base(paths.BASE)
+    tokenizer = models.load_tokenizer(base, p.model.trust_remote_code)
+    train_file = Path(p.data.root) / "training_set.json"
+    cases = training_cases(p.data.root)
+    lookup = ArticleLookup(load_articles(p.data.train_articles), p.data.train_articles, p.data.strict_articles)
+    indices = shard_indices(len(cases), sp)
+    prompts = build_prompts(cases, indices, lookup, tokenizer, train_file)
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    needed = max(lengths) + sp.max_new_tokens
+    # Before loading the weights: the longest prompt plus a full answer must fit the model's context.
+    models.check_context(models.load_config(base, p.model.trust_remote_code), needed, "sample.max_new_tokens")
+    settings = run_settings(sp, base, train_file, p.data.train_articles, prompts, p.seed)
+    indices, prompts = longest_first(indices, prompts, lengths)
+    device = models.pick_device(sp.device) if sp.backend == "hf" else "cuda"
+    backend = make_backend(sp, base, device, trust_remote_code=p.model.trust_remote_code,
+                           allow_pickle=p.model.allow_pickle, max_model_len=needed, seed=p.seed)
+    stats = sample(Job(cases, indices, prompts, settings, p.seed), backend, sp, output_path(sp, paths.SAMPLES))
+    return metrics(stats, lookup.missing), run_info(stats, backend.name, str(device))

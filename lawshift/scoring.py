@@ -20,10 +20,9 @@ def _months(answer: Answer) -> int | None:
     return term if isinstance(term, int) and not isinstance(term, bool) else None
 
 
-def is_correct(answer: Answer | None, case, term_tolerance: int = 0) -> bool:
-    """Does the answer match the gold case? `case` needs `charge: str` and `prison_time: int`."""
-    if term_tolerance < 0:
-        raise ValueError(f"term_tolerance must be >= 0, got {term_tolerance}")
+def is_correct(answer: Answer | None, case, term_tolerance: int) -> bool:
+    """Does the answer match the gold case, its term within `term_tolerance` months (filter.term_tolerance; 0 is
+    the exact rule)? `case` needs `charge: str` and `prison_time: int`."""
     if answer is None:
         return False
     gold_charge = normalize_charge(case.charge)
@@ -41,8 +40,9 @@ def is_correct(answer: Answer | None, case, term_tolerance: int = 0) -> bool:
     return months is not None and abs(months - gold) <= term_tolerance
 
 
-def lawshift_success(answer: Answer | None, label_type: str, split: str, low: int = 36, high: int = 120) -> bool:
-    """LawShift success for one answer on a case of change type `label_type` from the `split` file.
+def lawshift_success(answer: Answer | None, label_type: str, split: str, low: int, high: int) -> bool:
+    """LawShift success for one answer on a case of change type `label_type` from the `split` file; `low` and
+    `high` are the protocol's term thresholds in months (eval.term_low / eval.term_high).
 
     On the original split the law is unchanged, so V/NV just need a conviction and the term labels need an
     ordinary term in [low, high] (NX: a life/death term). On the poisoned split the changed law should move

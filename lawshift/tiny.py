@@ -1,4 +1,4 @@
-"""Build a tiny, offline stand-in for Qwen/Qwen2.5-0.5B-Instruct.
+"""The tiny, offline stand-in for Qwen/Qwen2.5-0.5B-Instruct: tokenizer, model and warm-start in one place.
 
 The pipeline is written against the real Qwen2.5 instruct model, but tests and CPU smoke runs cannot download it.
 This module builds, from a seed and a text corpus, a ~1M-parameter model with the same architecture
@@ -6,30 +6,41 @@ This module builds, from a seed and a text corpus, a ~1M-parameter model with th
 template, and saves both with `save_pretrained`. Downstream code then loads the directory exactly as it would load
 the hub model:
 
-    from pathlib import Path
-    from lawshift.tiny import TinySpec, build_tiny, corpus_texts
+    from lawshift.params import load_params
+    from lawshift.tiny import build_base
 
-    build_tiny(corpus_texts(Path("data/lawshift-sample")), TinySpec(seed=0), Path("models/tiny"))
-    tok = AutoTokenizer.from_pretrained("models/tiny")
-    model = AutoModelForCausalLM.from_pretrained("models/tiny")
+    p = load_params()
+    metrics = build_base(p.model.tiny, p.data, "models/base")   # what stage `base` does for `model.base: tiny`
+    tok = AutoTokenizer.from_pretrained("models/base")
+    model = AutoModelForCausalLM.from_pretrained("models/base")
 
-The model is randomly initialised (seeded), so its generations are noise; it exists to exercise code paths.
-Nothing here touches the Hugging Face hub.
+Warm-start. A randomly initialised model never writes `<answer> 罪名 | 刑期 </answer>`, so rejection sampling would
+accept nothing. The tiny base is therefore trained for a few hundred steps on templated answers built from the
+training labels, with the term perturbed in a share of them (`model.tiny.term_noise`) so the base is a plausible but
+imperfect policy: sampling finds the right term for some cases and not for others. This is a stand-in that exercises
+the method's mechanics; it is not a legal model. Nothing here touches the Hugging Face hub.
 """
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
+from tqdm import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from lawshift.data import SPLITS, load_articles, load_cases
-from lawshift.prompts import SYSTEM_PROMPT
+from lawshift import files
+from lawshift.answers import DEATH, LIFE, NO_VIOLATION, format_answer
+from lawshift.data import ArticleLookup, Case, load_articles, load_cases, training_cases
+from lawshift.examples import collate, encode_example, per_sequence_loss
+from lawshift.params import DataParams, TinyParams
+from lawshift.prompts import SYSTEM_PROMPT, build_messages, render_prompt
 
 # Qwen2.5's special tokens: <|endoftext|> pads, <|im_end|> ends a chat turn (and generation).
 ENDOFTEXT = "<|endoftext|>"
@@ -70,43 +81,20 @@ TEMPLATE_STRINGS = [
 TEMPLATE_REPEATS = 50
 
 
-@dataclass
-class TinySpec:
-    # defaults give ~0.88M parameters with a 3000-token vocabulary (embeddings 384k, each layer ~246k);
-    # hidden 64 / intermediate 256 would give only ~0.32M
-    vocab_size: int = 3000
-    hidden_size: int = 128
-    intermediate_size: int = 512
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    max_position_embeddings: int = 4096
-    seed: int = 0
-
-
 # -----------------------------------------------------------------------------
 # corpus
 
 
-def corpus_texts(root: Path) -> list[str]:
-    """Tokenizer training text from a LawShift root: facts, charges, article texts, prompt and answer templates.
+def corpus_texts(training_set: str | Path, articles: str | Path) -> list[str]:
+    """Tokenizer training text from the training side only: the training cases' facts and charges, the articles
+    rendered into training prompts (`data.train_articles`), and the prompt and answer templates. No evaluation
+    file is read: the base must not depend on (or have seen) the benchmark's test folders.
 
     The prompt and answer templates are repeated so BPE learns whole-tag merges (`<answer>`, `</think>`): like a real
     instruct tokenizer, the format then costs a few tokens rather than one per letter.
     """
-    root = Path(root)
-    texts: list[str] = []
-    case_files = [root / "training_set.json"]
-    article_files = [root / "criminal_law_articles.json"]
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        case_files += [folder / f"{split}.json" for split in SPLITS]
-        article_files += sorted(folder.glob("articles_*.json"))
-    for path in case_files:
-        if path.exists():
-            texts += [t for case in load_cases(path, allow_empty=True) for t in (case.fact, case.charge)]
-    for path in article_files:
-        if path.exists():
-            texts += list(load_articles(path).values())
+    texts = [t for case in load_cases(training_set) for t in (case.fact, case.charge)]
+    texts += list(load_articles(articles).values())
     return texts + (TEMPLATE_STRINGS + [SYSTEM_PROMPT]) * TEMPLATE_REPEATS
 
 
@@ -155,7 +143,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int
 # model
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, spec: TinySpec) -> Qwen2ForCausalLM:
+def build_model(tokenizer: PreTrainedTokenizerFast, spec: TinyParams, seed: int) -> Qwen2ForCausalLM:
     """A randomly initialised fp32 Qwen2ForCausalLM sized by `spec`, its vocabulary matching `tokenizer`."""
     pad_id = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
     eos_id = tokenizer.convert_tokens_to_ids(IM_END)
@@ -173,7 +161,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, spec: TinySpec) -> Qwen2ForC
         pad_token_id=pad_id,
         dtype="float32",  # v5 loads with dtype="auto", so the saved dtype decides what callers get
     )
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).to(torch.float32)
     # generate() reads these, not the model config: stop at the end of the assistant turn, pad with endoftext
     model.generation_config = GenerationConfig(bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id)
@@ -185,14 +173,82 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_tiny(texts: Iterable[str], spec: TinySpec, out_dir: Path) -> int:
-    """Build tokenizer and model and save both to `out_dir` (safetensors). Returns the parameter count."""
-    out_dir = Path(out_dir)
-    tokenizer = build_tokenizer(texts, spec.vocab_size, model_max_length=spec.max_position_embeddings)
-    model = build_model(tokenizer, spec)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    n_params = count_params(model)
-    print(f"tiny qwen2: {n_params / 1e6:.2f}M params, vocab {len(tokenizer)}, saved to {out_dir}")
-    return n_params
+# -----------------------------------------------------------------------------
+# warm-start
+
+NOISE_OFFSETS = (-2, -1, 1, 2, 3)  # months that may be added to a perturbed term, unless told otherwise
+
+
+def template_response(case: Case, articles: list[tuple[str, str]], prison_time: int) -> str:
+    cited = "、".join(f"【{art_id}】" for art_id, _ in articles) or "相关法条"
+    if case.charge == NO_VIOLATION:
+        think = f"依据{cited}，被告人的行为不构成犯罪。"
+    elif prison_time in (LIFE, DEATH):
+        think = f"依据{cited}，被告人的行为构成{case.charge}罪，情节特别严重。"
+    else:
+        think = f"依据{cited}，被告人的行为构成{case.charge}罪，结合情节量刑。"
+    return f"<think>{think}</think>{format_answer(case.charge, prison_time)}"
+
+
+def noisy_term(prison_time: int, rng: random.Random, noise: float, offsets: Sequence[int] = NOISE_OFFSETS) -> int:
+    """With probability `noise`, a different fixed term `gold + offset` (>= 1 month); XT terms are kept."""
+    if prison_time in (LIFE, DEATH) or rng.random() >= noise:
+        return prison_time
+    # Only offsets that land on another valid fixed term: clamping (1 - 1 -> 1) would silently keep the gold
+    # term, and a term must never become the life/death codes.
+    terms = [t for t in (prison_time + o for o in offsets) if 1 <= t < LIFE and t != prison_time]
+    return rng.choice(terms) if terms else prison_time
+
+
+def warm_start(model, tokenizer, cases: list[Case], lookup: ArticleLookup, *, steps: int, batch_size: int,
+               lr: float, noise: float, seed: int, offsets: Sequence[int] = NOISE_OFFSETS) -> list[float]:
+    """Train all weights of `model` in place; returns the loss of each step (none for `steps` 0)."""
+    if steps == 0:
+        return []
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    prompts = []
+    for i, case in enumerate(cases):
+        arts = lookup.for_case(case, i)
+        prompts.append((case, arts, render_prompt(tokenizer, build_messages(case.fact, arts))))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
+    model.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="warm-start", unit="step"):
+        batch = []
+        for case, arts, prompt in rng.choices(prompts, k=batch_size):
+            term = noisy_term(case.prison_time, rng, noise, offsets)
+            batch.append(encode_example(tokenizer, prompt, template_response(case, arts, term)))
+        enc = collate(batch, tokenizer.pad_token_id)
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        loss = per_sequence_loss(logits, enc["labels"]).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+# -----------------------------------------------------------------------------
+# the base stage's entry point
+
+
+def build_base(spec: TinyParams, data: DataParams, out: str | Path, seed: int) -> dict:
+    """Build, warm-start and save (atomically, safetensors) the tiny base to `out`; returns its metrics."""
+    cases = training_cases(data.root)
+    lookup = ArticleLookup(load_articles(data.train_articles), data.train_articles, data.strict_articles)
+    tokenizer = build_tokenizer(corpus_texts(Path(data.root) / "training_set.json", data.train_articles),
+                                spec.vocab_size, spec.max_position_embeddings)
+    model = build_model(tokenizer, spec, seed)
+    losses = warm_start(model, tokenizer, cases, lookup, steps=spec.warmup_steps, batch_size=spec.warmup_batch_size,
+                        lr=spec.warmup_lr, noise=spec.term_noise, seed=seed, offsets=spec.term_offsets)
+    with files.atomic_path(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return {"kind": "tiny", "params": count_params(model), "vocab": len(tokenizer),
+            "warmup_loss_first": round(losses[0], 4) if losses else None,
+            "warmup_loss_last": round(losses[-1], 4) if losses else None}

@@ -3,44 +3,14 @@
     python stages/train.py           # normally: dvc repro train
     accelerate launch --num_processes N stages/train.py   # with train.num_processes: N (one GPU per process)
 
-Input: `outputs/sft.jsonl` from the filter stage, one accepted answer per line with the exact rendered `prompt`
-it was sampled from, the `response`, its `weight` (1/n for a case with n accepted answers) and its `case_id`.
-Output: the PEFT adapter (safetensors) plus the tokenizer in `models/sft/`, written atomically.
+Input: `outputs/sft.jsonl` from the filter stage, read and encoded by lawshift/sftdata.py; the weighted objective
+and the Trainer that minimises it are lawshift/objective.py. Output: the PEFT adapter (safetensors) plus the
+tokenizer in `models/sft/`, written atomically. This module loads the model, runs the Trainer, resumes, and logs.
 
 Model. By default QLoRA: the base is loaded in 4-bit NF4 with double quantisation (bitsandbytes; it runs on CPU
 too), compute dtype bf16 where the device supports it and fp32 otherwise, then `prepare_model_for_kbit_training`
 (gradient checkpointing with `use_reentrant=False`), then LoRA on `train.lora_target_modules`.
 `train.load_in_4bit: false` gives plain LoRA on the unquantised base.
-
-Objective. Answer i has mean token cross-entropy l_i over its trained tokens (the answer and its closing
-`<|im_end|>`; prompt and padding are masked with -100, see `lawshift.examples`) and weight w_i. Over the training
-set (N answers, W = sum_i w_i) the objective is
-
-    L = sum_i w_i * l_i / W.
-
-With the filter's weights w_i = 1/n_c, W is the number of cases C and L = (1/C) * sum_c mean_{i in c} l_i: every
-case counts 1/C, whether it has 1 accepted answer or 8. The Trainer sees, for each micro-batch m,
-
-    loss_m = sum_{i in m} w_i * l_i / Z,   Z = (W / N) * min(B, N) / P,
-
-B = per_device_train_batch_size * gradient_accumulation_steps * P answers per optimizer step and P processes
-(DDP averages the P gradients). Z is one constant for the whole run and the Trainer sums micro-batch gradients
-without dividing by the accumulation steps (`loss_is_scaled_for_ga = True`), so:
-
-* an answer's influence never depends on its batch mates, the micro-batch split or the accumulation;
-* summed over an epoch, the optimizer steps' gradients are exactly N / min(B, N) times the gradient of L;
-* a uniformly drawn step has expected loss L; when the whole set fits one step (N <= B) its gradient is exactly
-  the gradient of L. A short last step carries proportionally less (it holds fewer answers).
-
-A normaliser per step (e.g. the weight sum of the step) would instead make an answer's effective weight depend on
-which other answers share its step, and case equality would hold only within steps. The *logged* loss of a step
-is its weighted mean, sum_{i in step} w_i * l_i / sum_{i in step} w_i (the loss above rescaled by Z / W_step, after
-the backward pass), so the curve reads as a loss and a short last step does not show as a dip.
-
-Length. An answer whose prompt + response + `<|im_end|>` is longer than `train.max_length` tokens is dropped, never
-truncated (a cut answer would train a label that was never the answer), and counted in `dropped_too_long`. The
-remaining answers of its case are rescaled so the case keeps its total weight; a case whose answers are all too
-long is dropped (`dropped_cases`). If nothing is left, that is an error naming `train.max_length`.
 
 Optimizer. `paged_adamw_32bit` (bitsandbytes) pages optimizer state through CUDA unified memory, which exists on
 CUDA only; on any other device the stage uses PyTorch's `adamw_torch` (the same 32-bit AdamW update, unpaged;
@@ -48,10 +18,11 @@ bitsandbytes itself would silently drop the paging there) and records the optimi
 `metrics/train.json` (`optimizer`, beside `optimizer_requested`).
 
 Checkpoints and resume. Checkpoints go to `checkpoints/sft/` (git-ignored, not a DVC output), every
-`train.save_steps` optimizer steps, keeping `train.save_total_limit`. `fingerprint.json` there records a hash of
-the training data, the base model files, and every train param that changes the result. A rerun with the same
-fingerprint resumes from the newest complete checkpoint (one with `trainer_state.json`); checkpoints from another
-fingerprint are deleted, never resumed. After a successful run the checkpoints are removed: the adapter is in
+`train.save_steps` optimizer steps, keeping `train.save_total_limit`. `journal.jsonl` there is a header-only
+journal (lawshift/journal.py) of what decides the trained weights: the training data, the base model files, every
+train param that changes the result. A rerun with the same settings resumes from the newest complete checkpoint
+(one with `trainer_state.json`); checkpoints made under other settings are deleted, never resumed, and one line
+names the settings that changed. After a successful run the checkpoints are removed: the adapter is in
 `models/sft/` and a rerun trains from scratch.
 
 Logging. TensorBoard event files go to `logs/train/` (git-ignored); DVCLive writes `dvclive/train/` through
@@ -61,196 +32,40 @@ that `dvc.yaml` declares as plots. On resume both logs drop what was logged afte
 
 Metrics (`metrics/train.json`): `loss_first` / `loss_last` (the logged step loss of the first step and the mean of
 the last logging window, which always ends at the final step), `train_loss` (mean over this run's steps), `steps`,
-`train_tokens_per_second` (non-padding input tokens, all processes, over the Trainer's runtime),
-`trainable_params`, `examples`, `cases`, `dropped_too_long`, `weight_sum`, `loss_normaliser` (Z), the optimizer,
-`resumed_from` and `wall_seconds`.
+`trainable_params`, `examples`, `cases`, `dropped_too_long`, `weight_sum`, `loss_normaliser` (Z), the optimizer.
+How the run went (`metrics/time/train.json`): `train_tokens_per_second` (non-padding input tokens, all processes,
+over the Trainer's runtime), `device`, `resumed_from`, wall time and peak memory.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
 import shutil
+import sys
 import time
-from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from lawshift import models
-from lawshift.examples import Example, collate, encode_example, per_sequence_loss
-from lawshift.files import InputError, atomic_path, read_jsonl, write_text
+from lawshift import files, journal, models, paths
+from lawshift.codedeps import code_digest
+from lawshift.files import atomic_path, write_text
+from lawshift.objective import loss_normaliser, trainer_class
+from lawshift.params import Params, TrainParams, param_error
+from lawshift.sftdata import Collator, SftDataset, build_examples, read_sft
 
 log = logging.getLogger(__name__)
 
-FILTER_METRICS = "metrics/filter.json"
-FINGERPRINT = "fingerprint.json"
+TIMING_LOGS = ("runtime", "_per_second")  # Trainer log keys that measure speed, not training
+JOURNAL = "journal.jsonl"  # in the checkpoint folder: the settings its checkpoints were made under
 PAGED_OPTIMIZERS = ("paged_adamw_32bit", "paged_adamw_8bit")
 CPU_FALLBACK_OPTIMIZER = "adamw_torch"
 # Params that only change bookkeeping, not the trained weights: a change keeps checkpoints resumable.
 BOOKKEEPING_PARAMS = ("logging_steps", "save_steps", "save_total_limit")
-
-
-# ---- data ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SftRecord:
-    case_id: str
-    prompt: str
-    response: str
-    weight: float
-
-
-def _field(rec: dict, name: str, kind: type, path: Path, line: int):
-    value = rec.get(name)
-    if name not in rec:
-        raise InputError(path, "missing", line=line, field=name)
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-        if not ok:
-            raise InputError(path, f"must be a positive finite number, got {value!r}", line=line, field=name)
-        return float(value)
-    if not isinstance(value, kind) or not value.strip():
-        raise InputError(path, f"must be a non-empty {kind.__name__}, got {value!r}"[:120], line=line, field=name)
-    return value
-
-
-def read_sft(path: str | Path) -> list[SftRecord]:
-    """Validated records of `outputs/sft.jsonl`; no records at all is an error pointing at the filter's metrics."""
-    path = Path(path)
-    records = []
-    for line, rec in read_jsonl(path):
-        if not isinstance(rec, dict):
-            raise InputError(path, f"expected an object, got {type(rec).__name__}", line=line)
-        records.append(SftRecord(case_id=_field(rec, "case_id", str, path, line),
-                                 prompt=_field(rec, "prompt", str, path, line),
-                                 response=_field(rec, "response", str, path, line),
-                                 weight=_field(rec, "weight", float, path, line)))
-    if not records:
-        raise InputError(path, f"no accepted answers to train on: the filter accepted none (see {FILTER_METRICS} "
-                               "for per-case counts; a stronger base or more samples per case may help)")
-    return records
-
-
-@dataclass
-class TrainData:
-    examples: list[Example]
-    records: int
-    cases: int
-    dropped_too_long: int
-    dropped_cases: int
-
-    @property
-    def weight_sum(self) -> float:
-        return sum(e.weight for e in self.examples)
-
-
-def build_examples(tokenizer, records: list[SftRecord], max_length: int,
-                   params_file: str = "params.yaml") -> TrainData:
-    """Encode (prompt masked, answer + `<|im_end|>` trained); drop over-long answers and keep case totals."""
-    kept: dict[str, list[Example]] = defaultdict(list)
-    case_total: dict[str, float] = defaultdict(float)
-    dropped = 0
-    for rec in tqdm(records, desc="encode", unit="answer", leave=False):
-        case_total[rec.case_id] += rec.weight
-        ex = encode_example(tokenizer, rec.prompt, rec.response, rec.weight, rec.case_id)
-        if len(ex) > max_length:
-            dropped += 1
-        else:
-            kept[rec.case_id].append(ex)
-    if not kept:
-        raise InputError(params_file, f"all {len(records)} accepted answers are longer than {max_length} tokens",
-                         field="train.max_length")
-    examples = []
-    for case_id, exs in kept.items():
-        # An answer dropped for length must not shrink its case's share: rescale the case's remaining answers.
-        scale = case_total[case_id] / sum(e.weight for e in exs)
-        examples += [Example(e.input_ids, e.labels, e.weight * scale, e.group) for e in exs]
-    return TrainData(examples, len(records), len(kept), dropped, len(case_total) - len(kept))
-
-
-class SftDataset(torch.utils.data.Dataset):
-    """Examples as mappings, so the Trainer's length-grouped sampler can read `input_ids` lengths."""
-
-    def __init__(self, examples: list[Example]):
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict:
-        e = self.examples[i]
-        return {"input_ids": e.input_ids, "labels": e.labels, "weight": e.weight, "group": e.group}
-
-
-@dataclass
-class Collator:
-    pad_id: int
-
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        return collate([Example(**f) for f in features], self.pad_id)
-
-
-# ---- objective -----------------------------------------------------------------------------------------------
-
-
-def loss_normaliser(weights: Iterable[float], per_step: int, processes: int = 1) -> float:
-    """Z = (W / N) * min(B, N) / P, with B = `per_step` answers per optimizer step over all P processes."""
-    weights = list(weights)
-    n = len(weights)
-    return sum(weights) / n * min(per_step, n) / processes
-
-
-def weighted_loss(per_seq: torch.Tensor, weights: torch.Tensor, normaliser: float) -> torch.Tensor:
-    """sum_i w_i * l_i / Z for one micro-batch (l_i: mean token loss of answer i)."""
-    return (weights.to(per_seq.dtype) * per_seq).sum() / normaliser
-
-
-def _trainer_class():
-    from transformers import Trainer
-
-    class WeightedSFTTrainer(Trainer):
-        """Trainer whose loss is `weighted_loss` with one fixed normaliser for the whole run (module docstring)."""
-
-        # The micro-batch losses are already on the step's scale: the Trainer must not divide by accumulation.
-        loss_is_scaled_for_ga = True
-
-        def __init__(self, *args, normaliser: float, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.normaliser = normaliser
-            self.input_tokens = 0  # non-padding tokens through forward/backward in this process, this run
-            self.step_weight = 0.0
-
-        def get_batch_samples(self, epoch_iterator, num_batches, device):
-            # The Trainer fetches all micro-batches of an optimizer step up front: note the step's weight sum.
-            batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-            self.step_weight = float(sum(b["weights"].sum() for b in batches)) if batches else 0.0
-            return batches, num_items
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            loss = super().training_step(model, inputs, num_items_in_batch)  # backward ran on sum w*l / Z
-            # What gets logged is the step's weighted mean loss, comparable from step to step (a short last step
-            # would otherwise show a dip that is only its smaller share of the gradient).
-            return loss * (self.normaliser / self.step_weight) if self.step_weight else loss
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            # num_items_in_batch (the Trainer's token count) is deliberately unused: the weighting is per answer.
-            inputs = dict(inputs)
-            labels, weights = inputs.pop("labels"), inputs.pop("weights")
-            outputs = model(**inputs, use_cache=False)
-            loss = weighted_loss(per_sequence_loss(outputs.logits, labels), weights, self.normaliser)
-            if model.training:  # kept on the device: no sync per micro-batch
-                self.input_tokens += inputs["attention_mask"].sum().detach()
-            return (loss, outputs) if return_outputs else loss
-
-    return WeightedSFTTrainer
 
 
 # ---- model ---------------------------------------------------------------------------------------------------
@@ -263,7 +78,8 @@ def resolve_optimizer(requested: str, device: torch.device) -> str:
     return requested
 
 
-def load_policy(base: str, tp, device: torch.device, *, trust_remote_code: bool = False, allow_pickle: bool = False):
+def load_policy(base: str, tp, device: torch.device, seed: int, *, trust_remote_code: bool = False,
+                allow_pickle: bool = False):
     """Base model (4-bit NF4 + double quantisation when `tp.load_in_4bit`) with fresh, seeded LoRA adapters."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig, set_seed
@@ -282,13 +98,13 @@ def load_policy(base: str, tp, device: torch.device, *, trust_remote_code: bool 
                                                 gradient_checkpointing_kwargs=ckpt_kwargs)
     elif tp.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs)
-    set_seed(tp.seed)  # LoRA's A matrices are drawn here
+    set_seed(seed)  # LoRA's A matrices are drawn here
     config = LoraConfig(r=tp.lora_r, lora_alpha=tp.lora_alpha, lora_dropout=tp.lora_dropout,
                         target_modules=list(tp.lora_target_modules), bias="none", task_type="CAUSAL_LM")
     try:
         return get_peft_model(model, config)
     except ValueError as err:
-        raise InputError("params.yaml", str(err).splitlines()[0], field="train.lora_target_modules") from None
+        raise param_error("train.lora_target_modules", str(err).splitlines()[0]) from None
 
 
 def count_trainable(model) -> tuple[int, int]:
@@ -299,29 +115,13 @@ def count_trainable(model) -> tuple[int, int]:
 # ---- checkpoints ---------------------------------------------------------------------------------------------
 
 
-def _digest_tree(path: Path, h) -> None:
-    if path.is_file():
-        files = [path]
-    else:
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(f.relative_to(path).as_posix().encode() if f != path else f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-
-
-def fingerprint(base: str, sft_path: Path, tp, trust_remote_code: bool = False) -> str:
-    """Hash of what determines the trained weights: data, base model files (or hub id) and train params."""
-    h = hashlib.sha256()
-    params = {k: v for k, v in asdict(tp).items() if k not in BOOKKEEPING_PARAMS}
-    h.update(json.dumps({"params": params, "trust_remote_code": trust_remote_code}, sort_keys=True).encode())
-    _digest_tree(Path(sft_path), h)
-    if Path(base).exists():
-        _digest_tree(Path(base), h)
-    else:
-        h.update(base.encode())  # a hub id, read from the local cache
-    return h.hexdigest()[:16]
+def run_settings(base: str, sft_path: str | Path, tp: TrainParams, seed: int, trust_remote_code: bool = False) -> dict:
+    """What determines the trained weights: the code, data, base model files (or hub id) and the train params that
+    matter."""
+    return {"code": code_digest("train"),
+            "params": {k: v for k, v in asdict(tp).items() if k not in BOOKKEEPING_PARAMS},
+            "seed": seed, "trust_remote_code": trust_remote_code, "data": files.file_digest(sft_path),
+            "base": files.model_digest(base)}
 
 
 def _read_json_or_none(path: Path):
@@ -340,19 +140,17 @@ def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
-def prepare_checkpoints(ckpt_dir: Path, fp: str) -> Path | None:
-    """The checkpoint to resume from, or None. Checkpoints of another fingerprint are deleted, never resumed."""
+def prepare_checkpoints(ckpt_dir: Path, settings: dict) -> Path | None:
+    """The checkpoint to resume from, or None. Checkpoints made under other settings are deleted, never resumed."""
     ckpt_dir = Path(ckpt_dir)
-    marker = ckpt_dir / FINGERPRINT
     if ckpt_dir.exists():
-        content = _read_json_or_none(marker)
-        old = content.get("fingerprint") if isinstance(content, dict) else None
-        if old == fp:
+        why = journal.check(ckpt_dir / JOURNAL, settings)
+        if why is None:
             return last_complete_checkpoint(ckpt_dir)
-        log.warning("discarding checkpoints in %s: made with other data or settings (%s != %s)", ckpt_dir, old, fp)
+        print(f"train: discarding the checkpoints in {ckpt_dir}: {why}", file=sys.stderr)
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True)
-    write_text(marker, json.dumps({"fingerprint": fp}) + "\n")
+    journal.start(ckpt_dir / JOURNAL, settings)
     return None
 
 
@@ -394,6 +192,9 @@ def logging_callbacks(live_dir: Path, tb_dir: Path, resume_step: int | None) -> 
     class StepDVCLiveCallback(DVCLiveCallback):
         def on_log(self, args, state, control, model=None, logs=None, **kwargs):
             self.live.step = state.global_step  # DVCLive would count log calls, not optimizer steps
+            # dvclive/train is a DVC output: timing (runtime, samples per second) would make its bytes differ from
+            # machine to machine and run to run. It goes to metrics/time/train.json instead.
+            logs = {k: v for k, v in (logs or {}).items() if not k.endswith(TIMING_LOGS)}
             super().on_log(args, state, control, model=model, logs=logs, **kwargs)
 
     if resume_step is None:
@@ -409,7 +210,7 @@ def logging_callbacks(live_dir: Path, tb_dir: Path, resume_step: int | None) -> 
 # ---- run -----------------------------------------------------------------------------------------------------
 
 
-def training_arguments(tp, ckpt_dir: Path, device: torch.device, optim: str):
+def training_arguments(tp, ckpt_dir: Path, device: torch.device, optim: str, seed: int):
     from transformers import TrainingArguments
 
     bf16 = models.compute_dtype(device) == torch.bfloat16
@@ -425,7 +226,7 @@ def training_arguments(tp, ckpt_dir: Path, device: torch.device, optim: str):
         train_sampling_strategy="group_by_length" if tp.group_by_length else "random",
         remove_unused_columns=False,  # `weights` must reach compute_loss
         report_to="none",  # DVCLive and TensorBoard are passed as callbacks, exactly once each
-        seed=tp.seed, data_seed=tp.seed, dataloader_num_workers=0,
+        seed=seed, data_seed=seed, dataloader_num_workers=0,
     )
 
 
@@ -441,44 +242,45 @@ def train_device(name: str) -> torch.device:
     return device
 
 
-def resume_point(ckpt_dir: Path, fp: str, args) -> Path | None:
+def resume_point(ckpt_dir: Path, settings: dict, args) -> Path | None:
     """The main process prepares the checkpoint folder; the others then read what it settled on."""
     with args.main_process_first(desc="checkpoints"):
         if args.process_index == 0:
-            return prepare_checkpoints(ckpt_dir, fp)
+            return prepare_checkpoints(ckpt_dir, settings)
         return last_complete_checkpoint(ckpt_dir)
 
 
-def train_sft(base: str, sft_path: str | Path, out_dir: str | Path, tp, *, trust_remote_code: bool = False,
-              allow_pickle: bool = False, ckpt_dir: str | Path = "checkpoints/sft", live_dir: str | Path =
-              "dvclive/train", tb_dir: str | Path = "logs/train", callbacks: Iterable = (),
-              params_file: str = "params.yaml") -> dict | None:
+def train_sft(base: str, sft_path: str | Path, out_dir: str | Path, tp: TrainParams, *,
+              seed: int, trust_remote_code: bool = False, allow_pickle: bool = False,
+              ckpt_dir: str | Path = paths.CHECKPOINTS,
+              live_dir: str | Path = paths.LIVE, tb_dir: str | Path = paths.TENSORBOARD,
+              callbacks: Iterable = ()) -> tuple[dict, dict] | None:
     """Train the adapter into `out_dir` (atomically), resuming a matching interrupted run.
 
-    Returns the metrics on the main process, None on the others (`accelerate launch --num_processes N`).
+    Returns (metrics, run info) on the main process, None on the others (`accelerate launch --num_processes N`).
     """
     start = time.time()
     sft_path, ckpt_dir = Path(sft_path), Path(ckpt_dir)
     records = read_sft(sft_path)  # fails on bad or empty input before any model is loaded
     device = train_device(tp.device)
     optim = resolve_optimizer(tp.optim, device)
-    args = training_arguments(tp, ckpt_dir, device, optim)
+    args = training_arguments(tp, ckpt_dir, device, optim, seed)
     if args.world_size != tp.num_processes:
-        raise InputError(params_file, f"{tp.num_processes} processes set but this run has {args.world_size}; "
-                                      f"start it as accelerate launch --num_processes {tp.num_processes} "
-                                      "stages/train.py", field="train.num_processes")
+        raise param_error("train.num_processes", f"{tp.num_processes} processes set but this run has "
+                                                 f"{args.world_size}; start it as accelerate launch --num_processes "
+                                                 f"{tp.num_processes} stages/train.py")
     main = args.process_index == 0
     tokenizer = models.load_tokenizer(base, trust_remote_code)
     # From the config alone, before any weights load: max_length must fit the model's context.
-    models.check_context(models.load_config(base, trust_remote_code), tp.max_length, "train.max_length", params_file)
-    data = build_examples(tokenizer, records, tp.max_length, params_file)
-    model = load_policy(base, tp, device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    resume = resume_point(ckpt_dir, fingerprint(base, sft_path, tp, trust_remote_code), args)
+    models.check_context(models.load_config(base, trust_remote_code), tp.max_length, "train.max_length")
+    data = build_examples(tokenizer, records, tp.max_length)
+    model = load_policy(base, tp, device, seed, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    resume = resume_point(ckpt_dir, run_settings(base, sft_path, tp, seed, trust_remote_code), args)
     resume_step = json.loads((resume / "trainer_state.json").read_text())["global_step"] if resume else None
     per_step = tp.per_device_train_batch_size * tp.gradient_accumulation_steps * args.world_size
     normaliser = loss_normaliser([e.weight for e in data.examples], per_step, args.world_size)
     loggers = logging_callbacks(Path(live_dir), Path(tb_dir), resume_step) if main else []
-    trainer = _trainer_class()(
+    trainer = trainer_class()(
         model=model, args=args, train_dataset=SftDataset(data.examples), data_collator=Collator(tokenizer.pad_token_id),
         processing_class=tokenizer, normaliser=normaliser, callbacks=[*loggers, *callbacks])
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -488,19 +290,36 @@ def train_sft(base: str, sft_path: str | Path, out_dir: str | Path, tp, *, trust
     with atomic_path(out_dir) as tmp:
         trainer.model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        sort_target_modules(tmp / "adapter_config.json")
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the adapter is the result, nothing left to resume
     losses = _logged(trainer.state.log_history, "loss")
     trainable, total = count_trainable(trainer.model)
     runtime = result.metrics.get("train_runtime") or (time.time() - start)
-    return {
+    metrics = {
         "loss_first": round(losses[0], 4) if losses else None, "loss_last": round(losses[-1], 4) if losses else None,
         "train_loss": round(result.training_loss, 4), "steps": trainer.state.global_step,
         "epochs": round(trainer.state.epoch or 0.0, 3),
-        "train_tokens_per_second": round(tokens / runtime, 1) if runtime else None,
         "trainable_params": trainable, "total_params": total, "examples": len(data.examples), "cases": data.cases,
         "records": data.records, "dropped_too_long": data.dropped_too_long, "dropped_cases": data.dropped_cases,
         "weight_sum": round(data.weight_sum, 6), "loss_normaliser": round(normaliser, 6), "optimizer": optim,
-        "optimizer_requested": tp.optim, "load_in_4bit": tp.load_in_4bit, "device": str(device),
+        "optimizer_requested": tp.optim, "load_in_4bit": tp.load_in_4bit,
         "compute_dtype": str(models.compute_dtype(device)).removeprefix("torch."), "processes": args.world_size,
-        "resumed_from": resume.name if resume else None, "wall_seconds": round(time.time() - start, 2),
     }
+    info = {"train_tokens_per_second": round(tokens / runtime, 1) if runtime else None, "device": str(device),
+            "resumed_from": resume.name if resume else None}
+    return metrics, info
+
+
+def sort_target_modules(config: Path) -> None:
+    """PEFT keeps `target_modules` as a set and saves it in set order, which changes with Python's string hashing
+    from process to process: sorted, the adapter's bytes depend on its content alone."""
+    data = json.loads(config.read_text(encoding="utf-8"))
+    if isinstance(data.get("target_modules"), list):
+        data["target_modules"] = sorted(data["target_modules"])
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def run(p: Params) -> tuple[dict, dict] | None:
+    """The train stage: the adapter trained on the filter's answers over the settled base (see `train_sft`)."""
+    return train_sft(models.resolve_base(paths.BASE), paths.SFT_DATA, paths.ADAPTER, p.train, seed=p.seed,
+                     trust_remote_code=p.model.trust_remote_code, allow_pickle=p.model.allow_pickle)

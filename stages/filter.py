@@ -6,27 +6,19 @@ Cheap and separate from sampling, so changing `filter.*` reruns only filter -> t
     python stages/filter.py          # normally: dvc repro filter
 """
 
-from pathlib import Path
-
-from lawshift import files, filtering
+from lawshift import files, filtering, paths
 from lawshift.params import load_params
 from lawshift.runinfo import StageClock
-
-SAMPLES = Path("outputs/samples.jsonl")
-OUT = Path("outputs/sft.jsonl")
-METRICS = Path("metrics/filter.json")
-PLOT = Path("plots/filter_accepted.csv")
 
 
 def main() -> None:
     p = load_params()
-    filtering.check_params(p.filter)
     clock = StageClock()
-    outcomes = filtering.run(SAMPLES, OUT, p.filter)
-    metrics = filtering.summarise(outcomes) | clock.stats()
-    filtering.write_histogram(PLOT, filtering.accepted_histogram(outcomes))
-    files.write_json(METRICS, metrics)
-    print(f"filter: {metrics}")
+    outcomes = filtering.run(paths.SAMPLES, paths.SFT_DATA, p.filter)
+    metrics = filtering.summarise(outcomes)
+    filtering.write_histogram(paths.FILTER_PLOT, filtering.accepted_histogram(outcomes))
+    files.write_json(paths.FILTER_METRICS, metrics)
+    print(f"filter: {metrics} ({clock.write(paths.TIME['filter'])})")
 
 
 if __name__ == "__main__":

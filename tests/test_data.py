@@ -9,10 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import dump_json
 
+import lawshift.data
 from lawshift.answers import DEATH, LIFE
 from lawshift.data import (
     FOLDER_FILES,
+    LABELS,
     SPLITS,
     ArticleLookup,
     Case,
@@ -29,7 +32,7 @@ LABEL_TYPES = {"V", "NV", "TU", "TD", "XT", "NX"}
 
 
 def write_json(path: Path, obj) -> Path:
-    path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
+    dump_json(path, obj)
     return path
 
 
@@ -238,6 +241,9 @@ def test_folder_labels(sample_root):
     assert len(labels) == 31
     assert {lab.label for lab in labels.values()} <= LABEL_TYPES
     assert all(name == lab.name for name, lab in labels.items())
+    # read from the package data file beside lawshift/data.py (a dvc.yaml dep of the stages that read it)
+    assert LABELS.name == "labels.json" and LABELS.parent == Path(lawshift.data.__file__).parent
+    assert [r["name"] for r in json.loads(LABELS.read_text(encoding="utf-8"))] == list(labels)
     # the package copy is the benchmark's label.json
     shipped = json.loads((sample_root / "label.json").read_text(encoding="utf-8"))
     assert {r["name"]: (r["type"], r["label"]) for r in shipped} == {

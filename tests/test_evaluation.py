@@ -6,29 +6,24 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import FOLDER, REPO, read_json, run, set_params
 
 from lawshift import evaluation as ev
+from lawshift import models, paths
 from lawshift.answers import LIFE, NO_VIOLATION
 from lawshift.data import Case, discover_folders
 from lawshift.files import InputError
 from lawshift.generation import GenerationSettings, HFBackend
-from lawshift.models import load_model, load_tokenizer
 from lawshift.params import load_params
 
-REPO = Path(__file__).resolve().parents[1]
 LOW, HIGH = 36, 120
 
 # One folder per label type (names from the benchmark's label.json).
-FOLDER = {"V": "action_explicit_extend", "NV": "subject_reallocated_reduce", "TU": "term_up", "TD": "term_down",
-          "XT": "term_extremity_in", "NX": "term_extremity_out"}
+LABEL_FOLDER = {"V": "action_explicit_extend", "NV": "subject_reallocated_reduce", "TU": "term_up",
+                "TD": "term_down", "XT": "term_extremity_in", "NX": "term_extremity_out"}
 THEFT_24 = Case("事实甲", ("264-0-0",), "盗窃", 24)
 HARM_60 = Case("事实乙", ("234-0-0",), "故意伤害", 60)
 ROBBERY_48 = Case("事实丙", ("263-0-0",), "抢劫", 48)
@@ -69,7 +64,7 @@ PREDICTIONS = [
 
 
 def item_for(label, split, index, case) -> ev.EvalItem:
-    folder = FOLDER[label] if label else None
+    folder = LABEL_FOLDER[label] if label else None
     pid = f"{folder}/{split}/{index}" if folder else f"train/{index}"
     return ev.EvalItem(pid, folder, label, split, index, case, prompt="")
 
@@ -155,29 +150,15 @@ def test_train_subset_is_seeded_and_fixed():
     assert ev.train_subset_indices(62, 0, seed=0) == []
 
 
-@pytest.mark.parametrize("field,value,named", [
-    ("num_samples", 0, "num_samples"), ("batch_size", 0, "batch_size"), ("max_new_tokens", 0, "max_new_tokens"),
-    ("temperature", -0.1, "temperature"), ("top_p", 0.0, "top_p"), ("train_subset", -1, "train_subset"),
-    ("term_low", 200, "term_high"), ("backend", "vllm", "backend")])
-def test_check_params_names_the_field(field, value, named):
-    from lawshift.params import EvalParams
-
-    ev.check_params(EvalParams())
-    with pytest.raises(InputError, match=rf"params.yaml: field 'eval\.{named}'"):
-        ev.check_params(EvalParams(**{field: value}))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Prompts and generation on the tiny model
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_base):
+def backend(tiny) -> HFBackend:
     import torch
 
-    device = torch.device("cpu")
-    tok = load_tokenizer(str(tiny_base))
-    return tok, HFBackend(load_model(str(tiny_base), device=device), tok, device)
+    return HFBackend(tiny.model, tiny.tokenizer, torch.device("cpu"))
 
 
 def to_list_shape(path: Path) -> None:
@@ -186,8 +167,8 @@ def to_list_shape(path: Path) -> None:
                     encoding="utf-8")
 
 
-def test_list_shaped_articles_give_same_prompts_and_predictions(data_copy, sample_root, tiny):
-    tok, backend = tiny
+def test_list_shaped_articles_give_same_prompts_and_predictions(data_copy, sample_root, tiny, backend):
+    tok = tiny.tokenizer
     name = "action_explicit_extend"
     for split in ("original", "poisoned"):
         to_list_shape(data_copy / name / f"articles_{split}.json")
@@ -205,7 +186,7 @@ def test_list_shaped_articles_give_same_prompts_and_predictions(data_copy, sampl
 
 
 def test_poisoned_prompt_shows_old_statute_on_request(sample_root, tiny):
-    tok, _ = tiny
+    tok = tiny.tokenizer
     folders = discover_folders(sample_root, ["action_explicit_extend"])
     plain = {i.id: i.prompt for i in ev.build_items(folders, tok)[0]}
     both = {i.id: i.prompt for i in ev.build_items(folders, tok, show_old_statute=True)[0]}
@@ -217,13 +198,30 @@ def test_poisoned_prompt_shows_old_statute_on_request(sample_root, tiny):
 
 
 def test_missing_articles_are_counted_or_refused(data_copy, tiny):
-    tok, _ = tiny
+    tok = tiny.tokenizer
     (data_copy / "action_explicit_extend" / "articles_poisoned.json").write_text("{}", encoding="utf-8")
     folders = discover_folders(data_copy, ["action_explicit_extend"])
     items, missing = ev.build_items(folders, tok)
     assert missing == 40 and "354-0-0" not in items[40].prompt and "354-0-0" in items[0].prompt
     with pytest.raises(InputError, match=r"poisoned.json: record 0: field 'relevant_articles'"):
         ev.build_items(folders, tok, strict_articles=True)
+
+
+def test_prompts_of_the_stage_and_the_context_guard(project, tiny):
+    """`prompts`: both splits of the chosen folder, then the training subset, checked against the context before
+    any weights load."""
+    project(n_train=6, n_test=4)
+    p = load_params()
+    config = models.load_config(str(tiny.path))
+    items, lengths, missing = ev.prompts(p, tiny.tokenizer, config)
+    assert [it.id for it in items][:8] == [f"{FOLDER}/{s}/{i}" for s in ("original", "poisoned") for i in range(4)]
+    assert [it.split for it in items[8:]] == ["train", "train"] and missing == 0
+    assert lengths == [len(tiny.tokenizer(it.prompt, add_special_tokens=False)["input_ids"]) for it in items]
+    p.eval.max_new_tokens = 4000
+    with pytest.raises(InputError, match=r"params.yaml: field 'eval.max_new_tokens'.*context is 2048"):
+        ev.prompts(p, tiny.tokenizer, config)
+    p.eval.max_new_tokens = 2048 - max(lengths)  # exactly fills the context: allowed
+    ev.prompts(p, tiny.tokenizer, config)
 
 
 class CountingBackend:
@@ -239,31 +237,50 @@ class CountingBackend:
         return self.inner.generate(prompts, settings, seed)
 
 
-def test_interrupted_run_resumes_to_same_records(sample_root, tiny, tmp_path):
-    tok, backend = tiny
-    items = ev.build_items(discover_folders(sample_root, ["action_implicit_expand"]), tok)[0][::8]  # 10 prompts
+def test_interrupted_run_resumes_to_same_records(sample_root, tiny, backend, tmp_path, capsys):
+    items = ev.build_items(discover_folders(sample_root, ["action_implicit_expand"]), tiny.tokenizer)[0][::8]
+    assert len(items) == 10
     groups = ev.batches(items, [len(i.prompt) for i in items], batch_size=4)
     settings = GenerationSettings(n=2, temperature=0.8, top_p=0.95, max_new_tokens=24)
     whole = list(ev.generate_records(backend, groups, settings, 7, LOW, HIGH))
     assert len(whole) == 2 * len(items)
 
-    partial = ev.PartialLog(tmp_path / "p.jsonl.partial", "fp-1")
-    run = ev.generate_records(backend, groups, settings, 7, LOW, HIGH, partial)
-    first = [next(run) for _ in range(2 * len(groups[0]))]  # interrupted after the first batch
-    run.close()
-    with open(partial.path, "a", encoding="utf-8") as f:
+    path = tmp_path / "p.jsonl.partial"
+    partial = ev.PartialLog(path, {"run": 1})
+    assert partial.journal.path == path
+    run_ = ev.generate_records(backend, groups, settings, 7, LOW, HIGH, partial)
+    first = [next(run_) for _ in range(2 * len(groups[0]))]  # interrupted after the first batch
+    run_.close()
+    with open(path, "a", encoding="utf-8") as f:
         f.write('{"batch": 1, "records": [{"id"')  # a batch torn by the interruption
     counting = CountingBackend(backend)
     resumed = list(ev.generate_records(counting, groups, settings, 7, LOW, HIGH, partial))
     assert resumed == whole and first == whole[:len(first)]
     assert counting.prompts == len(items) - len(groups[0])
+    assert "dropped a torn last line" in capsys.readouterr().err
+    partial.journal.close()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1 + len(groups)  # the header, then each batch once
+    assert [json.loads(line)["batch"] for line in lines[1:]] == list(range(len(groups)))
 
-    stale = ev.PartialLog(partial.path, "fp-2")  # other inputs: nothing is reused
-    assert stale.load() == {}
-    lines = partial.path.read_text().splitlines()
-    partial.path.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
+    # a corrupt line is an error naming it, never skipped
+    path.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"p.jsonl.partial:2"):
-        partial.load()
+        ev.PartialLog(path, {"run": 1}).load()
+    for bad, why in (("[1, 2]", "a record must be a JSON object"), ('{"batch": "0", "records": []}',
+                                                                   "not a batch of records")):
+        path.write_text("\n".join([lines[0], bad, *lines[1:]]) + "\n", encoding="utf-8")
+        with pytest.raises(InputError, match=rf"p.jsonl.partial:2: {why}"):
+            ev.PartialLog(path, {"run": 1}).load()
+
+    # other inputs: nothing is reused, and stderr says which setting changed
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert ev.PartialLog(path, {"run": 1}).load().keys() == set(range(len(groups)))
+    stale = ev.PartialLog(path, {"run": 2})
+    assert stale.load() == {}
+    assert "written with different settings (run); starting afresh" in capsys.readouterr().err
+    stale.remove()
+    assert not path.exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -278,106 +295,108 @@ def stage_main():
     return stage.main
 
 
-@pytest.fixture
-def workdir(tmp_path, tiny_base, sample_root, monkeypatch) -> Path:
-    """A copy of the repo's params and dvc.yaml around the tiny base, sized for a test."""
-    work = tmp_path / "repo"
-    work.mkdir()
-    shutil.copytree(sample_root, work / "data" / "lawshift-sample")
-    shutil.copytree(tiny_base, work / "models" / "base")
-    shutil.copy(REPO / "dvc.yaml", work / "dvc.yaml")
-    set_eval(work / "params.yaml", yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")),
-             folders=["action_explicit_extend"], max_new_tokens=48, train_subset=4, batch_size=20)
-    monkeypatch.chdir(work)
-    return work
+# The stage on one whole folder (40 cases a split) and 4 training cases, 20 prompts a batch.
+STAGE = {"n_train": 6, "n_test": 40, "params": {"eval": {"train_subset": 4, "batch_size": 20}}}
 
 
-def set_eval(path: Path, params: dict, **changes) -> dict:
-    params["eval"].update(changes)
-    path.write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    load_params(path)  # still valid
-    return params
+def set_eval(**changes) -> None:
+    set_params(Path.cwd(), {"eval": changes})
+    load_params()  # still valid
 
 
-def test_stage_base_then_sft(workdir):
+def read_jsonl(path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.slow
+def test_stage_base_then_sft(project):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    project(**STAGE)
+    base = paths.EVAL["base"]
     main = stage_main()
     main("base")
-    metrics = json.loads(Path("metrics/eval_base.json").read_text())
+    metrics = read_json(base["metrics"])
     assert set(metrics) == {"overall", "by_label", "folders", "charge_accuracy", "term_exact_accuracy",
                             "train_exact"}
     assert set(metrics["overall"]) == {"original", "poisoned", "gap", "format_valid"}
     assert metrics["folders"]["action_explicit_extend"]["n"] == 40 and metrics["overall"]["format_valid"] > 0.5
-    preds = [json.loads(line) for line in Path("outputs/predictions_base.jsonl").read_text().splitlines()]
+    preds = read_jsonl(base["predictions"])
     assert len(preds) == 84 and {p["split"] for p in preds} == {"original", "poisoned", "train"}
     assert preds == sorted(preds, key=lambda p: (p["split"] == "train", p["split"], p["index"]))
     assert ev.compute_metrics(preds) == metrics
-    report = Path("reports/eval_base.md").read_text()
+    report = Path(base["report"]).read_text()
     assert "| action_explicit_extend | V" in report.replace("  ", " ").replace("  ", " ")
-    assert Path("plots/eval_base_folders.csv").read_text().startswith("bar,folder,split,accuracy\n")
-    assert not Path("outputs/predictions_base.jsonl.partial").exists()
+    assert "84 prompts, 1 answer(s) each; 0 cited article id(s) not found" in report
+    assert Path(base["folders_plot"]).read_text().startswith("bar,folder,split,accuracy\n")
+    assert Path(base["term_errors_plot"]).read_text().startswith("term_error_months,answers,share\n")
+    assert not Path(base["predictions"] + ".partial").exists()
+    # the stage's time in its own file (metrics/time/eval_base.json), none of it in the metrics
+    timing = read_json(base["time"])
+    assert base["time"] == "metrics/time/eval_base.json" and {"wall_seconds", "peak_rss_mb"} <= set(timing)
+    assert not set(timing) & set(metrics)
+    assert timing["wall_seconds"] > 0 and not Path("metrics/eval_base_time.json").exists()
 
     main("base")  # greedy: a rerun reproduces the metrics exactly
-    assert json.loads(Path("metrics/eval_base.json").read_text()) == metrics
+    assert read_json(base["metrics"]) == metrics
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained("models/base")
+    model = AutoModelForCausalLM.from_pretrained(paths.BASE)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(model, lora).save_pretrained("models/sft")
+    get_peft_model(model, lora).save_pretrained(paths.EVAL["sft"]["adapter"])
     main("sft")
-    sft = [json.loads(line) for line in Path("outputs/predictions_sft.jsonl").read_text().splitlines()]
+    sft = read_jsonl(paths.EVAL["sft"]["predictions"])
     assert [p["id"] for p in sft] == [p["id"] for p in preds]
     assert [p["answer"] for p in sft] != [p["answer"] for p in preds]  # the adapter was applied
-    assert Path("reports/eval_sft.md").is_file() and Path("plots/eval_sft_term_errors.csv").is_file()
+    for key in ("metrics", "report", "folders_plot", "term_errors_plot", "time"):
+        assert Path(paths.EVAL["sft"][key]).is_file(), key
+    assert read_json(base["metrics"]) == metrics  # eval@sft writes only its own files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,match", [("nope", "unknown model 'nope'"),
                                         ("sft", "no adapter_model.safetensors")])
-def test_stage_refuses_bad_model(workdir, name, match):
+def test_stage_refuses_bad_model(project, name, match):
+    project()
     with pytest.raises(InputError, match=match):
         stage_main()(name)
-    assert not Path("metrics").exists()
+    assert not Path("metrics").exists() and not Path("outputs").exists()
 
 
-def test_stage_refuses_prompt_beyond_context(workdir):
-    set_eval(Path("params.yaml"), yaml.safe_load(Path("params.yaml").read_text()), max_new_tokens=4000)
+@pytest.mark.slow
+def test_stage_refuses_prompt_beyond_context(project):
+    project()
+    set_eval(max_new_tokens=4000)
     with pytest.raises(InputError, match="eval.max_new_tokens.*context is 2048"):
         stage_main()("base")
+    assert not Path("metrics").exists() and not Path("outputs").exists()
 
 
-def git(*args, cwd):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com"}
-    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
+def git_commit(root: Path, message: str, *files: str) -> None:
+    run(["git", "add", *files], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message], root)
 
 
-def dvc(*args, cwd) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, check=True, capture_output=True,
-                         text=True)
-    return out.stdout
-
-
-def test_dvc_metrics_diff_between_experiments(workdir):
+@pytest.mark.slow
+def test_dvc_metrics_diff_between_experiments(project):
     """Two experiments committed one after the other: `dvc metrics diff` lists the overall figures."""
-    git("init", "-q", cwd=workdir)
-    dvc("init", "-q", cwd=workdir)
+    root = project(dvc=True, **STAGE)
     main = stage_main()
     main("base")
-    before = json.loads(Path("metrics/eval_base.json").read_text())
-    git("add", "dvc.yaml", "params.yaml", "metrics/eval_base.json", cwd=workdir)
-    git("commit", "-q", "-m", "exp 1", cwd=workdir)
+    before = read_json(paths.EVAL["base"]["metrics"])
+    git_commit(root, "exp 1", "dvc.yaml", "params.yaml", paths.EVAL["base"]["metrics"])
     # Experiment 2: answers cut off after 4 tokens never parse, so both overall figures drop to 0.
-    set_eval(Path("params.yaml"), yaml.safe_load(Path("params.yaml").read_text()), max_new_tokens=4)
+    set_eval(max_new_tokens=4)
     main("base")
-    after = json.loads(Path("metrics/eval_base.json").read_text())
+    after = read_json(paths.EVAL["base"]["metrics"])
     assert after["overall"]["original"] == after["overall"]["poisoned"] == 0.0 < before["overall"]["original"]
-    table = dvc("metrics", "diff", cwd=workdir)
-    rows = {line.split()[1]: line.split() for line in table.splitlines() if "metrics/eval_base.json" in line}
+    table = run(["dvc", "metrics", "diff"], root)
+    rows = {line.split()[1]: line.split() for line in table.splitlines() if paths.EVAL["base"]["metrics"] in line}
     for key in ("overall.original", "overall.poisoned"):
         assert key in rows, table
         assert float(rows[key][2]) == pytest.approx(before["overall"][key.split(".")[1]], abs=1e-4)
         assert float(rows[key][3]) == 0.0
+    # the time file differs between the runs but is not a result: it is no row of the eval metrics
+    assert not any(key.startswith(("wall_seconds", "peak_rss_mb")) for key in rows)

@@ -1,8 +1,11 @@
-"""Tests for lawshift.files: one-line input errors, JSON/JSONL reading, atomic outputs, stage exit codes."""
+"""Tests for lawshift.files: one-line input errors, JSON/JSONL reading, atomic outputs, stage exit codes, and the
+digest helpers every fingerprint is made of."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,10 +14,14 @@ import pytest
 from lawshift.files import (
     InputError,
     atomic_path,
+    file_digest,
+    json_digest,
+    model_digest,
     read_json,
     read_jsonl,
     read_text,
     run_stage,
+    tree_digest,
     write_json,
     write_jsonl,
     write_text,
@@ -217,6 +224,7 @@ def test_run_stage_success_and_other_errors():
         run_stage(lambda: 1 / 0)
 
 
+@pytest.mark.slow
 def test_run_stage_exit_status_in_a_process(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("sample:\n  num_sample: 3\n", encoding="utf-8")
@@ -232,3 +240,104 @@ def test_write_json_is_valid_json(tmp_path):
     obj = {"metrics": {"acc": 0.5, "n": 3}, "名": "甲"}
     write_json(tmp_path / "m.json", obj)
     assert json.loads((tmp_path / "m.json").read_text(encoding="utf-8")) == obj
+
+
+# -----------------------------------------------------------------------------
+# digests
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("data", [b"", b"abc", "被告人甲".encode(), bytes(range(256)) * 5000],
+                         ids=["empty", "ascii", "utf8", "several_chunks"])
+def test_file_digest_is_the_sha256_of_the_bytes(tmp_path, data):
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    assert file_digest(path) == file_digest(str(path)) == sha256(data)
+
+
+def test_equal_content_equal_digest(tmp_path):
+    (tmp_path / "a.json").write_text('{"a": 1}', encoding="utf-8")
+    (tmp_path / "b.txt").write_text('{"a": 1}', encoding="utf-8")
+    (tmp_path / "c.json").write_text('{"a": 2}', encoding="utf-8")
+    assert file_digest(tmp_path / "a.json") == file_digest(tmp_path / "b.txt")  # the name is not the content
+    assert file_digest(tmp_path / "a.json") != file_digest(tmp_path / "c.json")
+
+
+def make_tree(root, files: dict[str, bytes]):
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+TREE = {"config.json": b"{}", "model.safetensors": b"weights", "sub/tokenizer.json": "词".encode()}
+TREE_CHANGES = [
+    # (id, the tree changed, same digest?)
+    ("same_files_elsewhere", TREE, True),
+    ("renamed_file", {"config.json": b"{}", "model2.safetensors": b"weights", "sub/tokenizer.json": "词".encode()},
+     False),
+    ("moved_to_another_folder", {"config.json": b"{}", "model.safetensors": b"weights",
+                                 "other/tokenizer.json": "词".encode()}, False),
+    ("changed_bytes", {**TREE, "model.safetensors": b"weightz"}, False),
+    ("added_file", {**TREE, "extra.txt": b""}, False),
+    ("removed_file", {k: v for k, v in TREE.items() if k != "config.json"}, False),
+    # bytes moved from one file to the next: a digest of the concatenation alone would not see it
+    ("bytes_moved_between_files", {"config.json": b"{}w", "model.safetensors": b"eights",
+                                   "sub/tokenizer.json": "词".encode()}, False),
+]
+
+
+@pytest.mark.parametrize("changed, same", [c[1:] for c in TREE_CHANGES], ids=[c[0] for c in TREE_CHANGES])
+def test_tree_digest(tmp_path, changed, same):
+    a = make_tree(tmp_path / "a", TREE)
+    b = make_tree(tmp_path / "b", changed)
+    assert (tree_digest(a) == tree_digest(b)) is same
+    assert tree_digest(a) == tree_digest(str(a))
+
+
+def test_tree_digest_ignores_empty_folders_and_is_stable(tmp_path):
+    a = make_tree(tmp_path / "a", TREE)
+    digest = tree_digest(a)
+    (a / "empty").mkdir()
+    assert tree_digest(a) == digest
+    # files written in another order give the same digest
+    b = make_tree(tmp_path / "b", dict(reversed(list(TREE.items()))))
+    assert tree_digest(b) == digest
+    (tmp_path / "c" / "sub").mkdir(parents=True)
+    (tmp_path / "d").mkdir()
+    assert tree_digest(tmp_path / "c") == tree_digest(tmp_path / "d") == sha256(b"")  # folders without files
+
+
+def test_tree_digest_of_one_file_is_a_tree_of_one(tmp_path):
+    single = make_tree(tmp_path / "single", {"model.safetensors": b"weights"})
+    assert tree_digest(single / "model.safetensors") == tree_digest(single)
+    assert tree_digest(single / "model.safetensors") != file_digest(single / "model.safetensors")
+
+
+def test_json_digest_is_canonical():
+    obj = {"b": [1, 2], "a": {"名": "甲", "x": None}}
+    assert json_digest(obj) == sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    assert json_digest({"a": {"x": None, "名": "甲"}, "b": [1, 2]}) == json_digest(obj)  # key order does not matter
+    assert json_digest({**obj, "b": [2, 1]}) != json_digest(obj)  # list order does
+    assert json_digest({"a": 1}) != json_digest({"a": "1"}) != json_digest({"a": 1.5})
+    assert len({json_digest(v) for v in ({}, [], None, 0, "")}) == 5
+
+
+def test_model_digest_of_a_folder_is_its_tree_digest(tmp_path):
+    a = make_tree(tmp_path / "a", TREE)
+    assert model_digest(a) == model_digest(str(a)) == tree_digest(a)
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    assert model_digest(b) == model_digest(a)  # the same weights elsewhere are the same model
+    (b / "model.safetensors").write_bytes(b"other weights")
+    assert model_digest(b) != model_digest(a)
+
+
+@pytest.mark.parametrize("name", ["Qwen/Qwen2.5-0.5B-Instruct", "org/model", "no-such-folder"])
+def test_model_digest_of_a_hub_id_is_the_id(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)  # no folder of that name here
+    assert model_digest(name) == f"hub:{name}"
+    assert model_digest(name) != model_digest("Qwen/Qwen2.5-1.5B-Instruct")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lawshift import files
+from lawshift import files, paths
 from lawshift.answers import DEATH, LIFE, NO_VIOLATION, parse_answer
 from lawshift.data import Case
 from lawshift.filtering import (
@@ -71,7 +71,7 @@ FILTER_CASES = [
 @pytest.mark.parametrize("case, answers, tolerance, dedup, weighting, responses, accepted, duplicates, errors",
                          [c[1:] for c in FILTER_CASES], ids=[c[0] for c in FILTER_CASES])
 def test_filter_case(case, answers, tolerance, dedup, weighting, responses, accepted, duplicates, errors):
-    out = filter_case(sampled(case, *answers), tolerance, dedup, weighting)
+    out = filter_case(sampled(case, *answers), FilterParams(term_tolerance=tolerance, dedup=dedup, weighting=weighting))
     assert [r["response"] for r in out.records] == responses
     assert (out.generated, out.accepted, out.duplicates, out.format_errors, out.kept) == (
         len(answers), accepted, duplicates, errors, len(responses))
@@ -82,7 +82,7 @@ def test_filter_case(case, answers, tolerance, dedup, weighting, responses, acce
 
 
 def test_sft_record_fields():
-    (rec,) = filter_case(sampled(MURDER_LIFE, ans("故意杀人", "XT"))).records
+    (rec,) = filter_case(sampled(MURDER_LIFE, ans("故意杀人", "XT")), FilterParams()).records
     assert rec == {"case_id": MURDER_LIFE.case_id, "fact": MURDER_LIFE.fact, "relevant_articles": ["232-0-0"],
                    "charge": "故意杀人", "prison_time": LIFE, "prompt": f"PROMPT {MURDER_LIFE.fact}",
                    "response": ans("故意杀人", "XT"), "num_correct_for_this_sample": 1, "weight": 1.0}
@@ -94,7 +94,7 @@ TEXTS = st.builds(lambda t, pad: pad + ans("盗窃", t) + pad, TERMS, st.sampled
 
 @given(answers=st.lists(TEXTS, min_size=1, max_size=12), tolerance=st.integers(0, 3), dedup=st.booleans())
 def test_inverse_n_weights_of_a_case_sum_to_one(answers, tolerance, dedup):
-    out = filter_case(sampled(THEFT_7, *answers), tolerance, dedup, "inverse_n")
+    out = filter_case(sampled(THEFT_7, *answers), FilterParams(term_tolerance=tolerance, dedup=dedup))
     if out.records:
         assert math.isclose(sum(r["weight"] for r in out.records), 1.0)
     if dedup:
@@ -105,10 +105,11 @@ def test_inverse_n_weights_of_a_case_sum_to_one(answers, tolerance, dedup):
 
 
 def test_summarise_and_histogram():
+    fp = FilterParams()
     outcomes = [
-        filter_case(sampled(THEFT_7, ans("盗窃", 7), ans("盗窃", 7), ans("盗窃", 8), "garbage")),
-        filter_case(sampled(MURDER_LIFE, ans("故意杀人", "XT"), ans("故意杀人罪", "无期徒刑"), "x", "y")),
-        filter_case(sampled(INNOCENT, ans("盗窃", 1), ans("盗窃", 2), ans("盗窃", 3), ans("盗窃", 4))),
+        filter_case(sampled(THEFT_7, ans("盗窃", 7), ans("盗窃", 7), ans("盗窃", 8), "garbage"), fp),
+        filter_case(sampled(MURDER_LIFE, ans("故意杀人", "XT"), ans("故意杀人罪", "无期徒刑"), "x", "y"), fp),
+        filter_case(sampled(INNOCENT, ans("盗窃", 1), ans("盗窃", 2), ans("盗窃", 3), ans("盗窃", 4)), fp),
     ]
     assert summarise(outcomes) == {
         "total_samples": 3, "total_generated": 12, "total_accepted": 4, "acceptance_rate": 0.333333,
@@ -167,38 +168,49 @@ def test_corrupt_and_empty_samples_file(tmp_path):
     assert not (tmp_path / "sft.jsonl").exists()
 
 
-@pytest.mark.parametrize("raw, field", [({"weighting": "sqrt"}, "filter.weighting"),
-                                        ({"term_tolerance": -1}, "filter.term_tolerance")])
-def test_stage_rejects_bad_params(tmp_path, monkeypatch, capsys, raw, field):
+@pytest.mark.slow
+@pytest.mark.parametrize("raw, field, message", [
+    ({"weighting": "sqrt"}, "filter.weighting", "unknown weighting 'sqrt', expected one of ('inverse_n', 'uniform')"),
+    ({"term_tolerance": -1}, "filter.term_tolerance", "must be >= 0, got -1")])
+def test_stage_rejects_bad_params(tmp_path, monkeypatch, capsys, raw, field, message):
     from stages import filter as stage
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(json.dumps({"filter": raw}), encoding="utf-8")
+    files.write_jsonl(tmp_path / paths.SAMPLES, [sample_line(THEFT_7, [ans("盗窃", 7)])])
     with pytest.raises(SystemExit) as exc:
         files.run_stage(stage.main)
     assert exc.value.code == 2
-    assert f"field '{field}'" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"error: params.yaml: field '{field}': {message}\n"
+    # refused before any work: nothing written
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        "outputs/samples.jsonl", "params.yaml"]
 
 
+@pytest.mark.slow
 def test_stage_writes_sft_metrics_and_plot(tmp_path, monkeypatch):
     from stages import filter as stage
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("filter:\n  term_tolerance: 1\n", encoding="utf-8")
-    files.write_jsonl(tmp_path / "outputs" / "samples.jsonl", [
+    files.write_jsonl(tmp_path / paths.SAMPLES, [
         sample_line(THEFT_7, [ans("盗窃", 7), ans("盗窃", 8), ans("盗窃 ", 8), "nope"]),
         sample_line(MURDER_DEATH, [ans("故意杀人", "XT"), ans("故意杀人", 10001), ans("故意杀人", 240), "nope"]),
         sample_line(INNOCENT, [ans("盗窃", 7)] * 4),
     ])
     stage.main()
-    sft = [json.loads(line) for line in (tmp_path / "outputs" / "sft.jsonl").read_text("utf-8").splitlines()]
+    sft = [json.loads(line) for line in (tmp_path / paths.SFT_DATA).read_text("utf-8").splitlines()]
     assert [(r["prison_time"], r["response"], r["weight"]) for r in sft] == [
         (7, ans("盗窃", 7), 0.5), (7, ans("盗窃", 8), 0.5), (DEATH, ans("故意杀人", "XT"), 1.0)]
-    metrics = json.loads((tmp_path / "metrics" / "filter.json").read_text("utf-8"))
+    metrics = json.loads((tmp_path / paths.FILTER_METRICS).read_text("utf-8"))
     assert {k: metrics[k] for k in ("total_accepted", "sft_examples", "duplicates_removed",
                                     "samples_with_no_correct")} == {
         "total_accepted": 4, "sft_examples": 3, "duplicates_removed": 1, "samples_with_no_correct": 1}
     assert metrics["format_error_rate"] == pytest.approx(2 / 12, abs=1e-6)
-    with open(tmp_path / "plots" / "filter_accepted.csv", encoding="utf-8") as f:
+    # the results only: the stage's time and memory go to its own file
+    assert set(metrics) == set(summarise([]))
+    timing = json.loads((tmp_path / paths.TIME["filter"]).read_text("utf-8"))
+    assert timing["wall_seconds"] >= 0 < timing["peak_rss_mb"] and not set(timing) & set(metrics)
+    with open(tmp_path / paths.FILTER_PLOT, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert rows == [{"accepted": str(k), "cases": str(c)} for k, c in enumerate([1, 1, 0, 1, 0])]

@@ -20,7 +20,6 @@ from lawshift.generation import (
     decode,
     top_p_candidates,
 )
-from lawshift.models import load_model, load_tokenizer
 from lawshift.prompts import build_messages, render_prompt
 
 CPU = torch.device("cpu")
@@ -28,26 +27,21 @@ SPECIAL = ("<|im_end|>", "<|im_start|>", "<|endoftext|>")
 MAX_NEW = 40  # the warm-started tiny base answers in ~30 tokens
 
 
-@pytest.fixture(scope="module")
-def model_and_tokenizer(tiny_base):
-    return load_model(str(tiny_base), device=CPU), load_tokenizer(str(tiny_base))
-
-
 @pytest.fixture(scope="module", params=[True, False], ids=["shared_prefill", "plain_generate"])
-def backend(model_and_tokenizer, request):
+def backend(tiny, request):
     """Every interface test runs on both paths: the shared-prefill decoder (default) and plain `generate`."""
-    model, tokenizer = model_and_tokenizer
+    model, tokenizer = tiny.model, tiny.tokenizer
     return HFBackend(model, tokenizer, CPU, shared_prefill=request.param)
 
 
 @pytest.fixture(scope="module")
-def prompts(model_and_tokenizer, sample_root):
+def prompts(tiny, sample_root):
     """Three real prompts of clearly different lengths, so a batch needs left padding."""
     folder = sample_root / "action_explicit_extend"
     cases = load_cases(folder / "original.json")
     lookup = ArticleLookup(load_articles(folder / "articles_original.json"), str(folder))
     facts = [cases[0].fact, "被告人甲容留乙吸毒。", cases[2].fact]
-    tokenizer = model_and_tokenizer[1]
+    tokenizer = tiny.tokenizer
     out = [render_prompt(tokenizer, build_messages(f, lookup.for_case(cases[0]))) for f in facts]
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in out]
     assert len(set(lengths)) == 3
@@ -178,8 +172,8 @@ def test_settings_greedy_flag():
 # --- the shared-prefill decoder against transformers --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def both(model_and_tokenizer):
-    model, tokenizer = model_and_tokenizer
+def both(tiny):
+    model, tokenizer = tiny.model, tiny.tokenizer
     return HFBackend(model, tokenizer, CPU), HFBackend(model, tokenizer, CPU, shared_prefill=False)
 
 
@@ -199,9 +193,9 @@ def test_shared_prefill_greedy_equals_generate(both, prompts, n, max_new):
         assert any(c.finished for r in a for c in r.completions)
 
 
-def test_growing_cache_gives_the_same_tokens(model_and_tokenizer, prompts):
+def test_growing_cache_gives_the_same_tokens(tiny, prompts):
     """A cache buffer with room for 3 tokens grows many times during 40 steps; the tokens must not change."""
-    model, tokenizer = model_and_tokenizer
+    model, tokenizer = tiny.model, tiny.tokenizer
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     eos = HFBackend(model, tokenizer, CPU).eos_ids
@@ -212,8 +206,8 @@ def test_growing_cache_gives_the_same_tokens(model_and_tokenizer, prompts):
             assert torch.equal(decode(*args, cache_room=3), decode(*args))
 
 
-def test_shared_prefill_is_reproducible_and_seeded(model_and_tokenizer, prompts):
-    model, tokenizer = model_and_tokenizer
+def test_shared_prefill_is_reproducible_and_seeded(tiny, prompts):
+    model, tokenizer = tiny.model, tiny.tokenizer
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     eos = HFBackend(model, tokenizer, CPU).eos_ids
@@ -273,8 +267,8 @@ def tolerance(p: dict, draws: int) -> float:
 
 
 @pytest.mark.parametrize("temperature, top_p", [(0.8, 0.8), (0.6, 0.5), (1.3, 1.0)])
-def test_sampled_tokens_follow_temperature_and_top_p(model_and_tokenizer, prompts, temperature, top_p):
-    model, tokenizer = model_and_tokenizer
+def test_sampled_tokens_follow_temperature_and_top_p(tiny, prompts, temperature, top_p):
+    model, tokenizer = tiny.model, tiny.tokenizer
     ids = tokenizer([prompts[1] + ANSWER_START], return_tensors="pt", add_special_tokens=False)["input_ids"]
     right, possible = exact_pairs(model, ids, temperature, top_p)
     tol = tolerance(right, DRAWS)

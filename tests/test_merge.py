@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import ENV, ROOT, dump_json, read_json, run, run_stage, small_root, stage_cmd
 
-from lawshift import files, filtering, merge, models
+from lawshift import files, filtering, merge, paths
 from lawshift.data import ArticleLookup, load_articles, training_cases
-from lawshift.files import InputError
+from lawshift.files import InputError, file_digest
 from lawshift.generation import Completion, HFBackend, PromptResult
 from lawshift.params import FilterParams, SampleParams
 from lawshift.sampling import (
@@ -27,7 +26,6 @@ from lawshift.sampling import (
     Tally,
     build_prompts,
     case_record,
-    file_digest,
     output_path,
     partial_path,
     run_settings,
@@ -35,26 +33,23 @@ from lawshift.sampling import (
     shard_indices,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "data" / "lawshift-sample"
 CPU = torch.device("cpu")
 N_CASES = 7  # odd: the two shards get 4 and 3 cases
 
 
 @pytest.fixture
-def project(tmp_path) -> Path:
-    """A project folder whose training set is the first N_CASES LawShift training cases."""
-    data = tmp_path / "data" / "small"
-    data.mkdir(parents=True)
-    shutil.copy(SAMPLE / "criminal_law_articles.json", data)
-    train = json.loads((SAMPLE / "training_set.json").read_text(encoding="utf-8"))[:N_CASES]
-    (data / "training_set.json").write_text(json.dumps(train, ensure_ascii=False), encoding="utf-8")
-    (tmp_path / "outputs").mkdir()
+def root(tmp_path) -> Path:
+    """A folder whose LawShift root (conftest.ROOT) has the first N_CASES training cases; no model."""
+    small_root(tmp_path / ROOT, n_train=N_CASES)
     return tmp_path
 
 
-def train_file(project: Path) -> Path:
-    return project / "data" / "small" / "training_set.json"
+def train_file(root: Path) -> Path:
+    return root / ROOT / "training_set.json"
+
+
+def samples(root: Path) -> Path:
+    return root / paths.SAMPLES
 
 
 class SeedLog:
@@ -68,33 +63,25 @@ class SeedLog:
         return self.backend.generate(prompts, settings, seed)
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_base):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model gains nothing from more threads on a shared runner
-    yield tiny_base, models.load_tokenizer(str(tiny_base)), models.load_model(str(tiny_base), device=CPU)
-    torch.set_num_threads(threads)
-
-
-def test_two_real_shards_merge_into_every_case_once(tiny, project):
-    base, tokenizer, model = tiny
-    cases, arts = training_cases(project / "data" / "small"), project / "data" / "small" / "criminal_law_articles.json"
-    out = project / "outputs" / "samples.jsonl"
+@pytest.mark.slow
+def test_two_real_shards_merge_into_every_case_once(tiny, root):
+    cases, arts = training_cases(root / ROOT), root / ROOT / "criminal_law_articles.json"
+    out = samples(root)
     shard_files, seeds = [], []
     for i in (0, 1):
-        sp = SampleParams(num_samples=3, max_new_tokens=32, batch_size=2, seed=7, shard_index=i, num_shards=2)
+        sp = SampleParams(num_samples=3, max_new_tokens=32, batch_size=2, shard_index=i, num_shards=2)
         indices = shard_indices(len(cases), sp)
-        prompts = build_prompts(cases, indices, ArticleLookup(load_articles(arts), str(arts)), tokenizer,
-                                train_file(project))
-        job = Job(cases, indices, prompts, run_settings(sp, str(base), train_file(project), arts, prompts))
-        backend = SeedLog(HFBackend(model, tokenizer, CPU))
+        prompts = build_prompts(cases, indices, ArticleLookup(load_articles(arts), str(arts)), tiny.tokenizer,
+                                train_file(root))
+        job = Job(cases, indices, prompts, run_settings(sp, str(tiny.path), train_file(root), arts, prompts, 7), 7)
+        backend = SeedLog(HFBackend(tiny.model, tiny.tokenizer, CPU))
         sample(job, backend, sp, output_path(sp, out))
         shard_files.append(output_path(sp, out))
         seeds.append(set(backend.seeds))
     assert [p.name for p in shard_files] == ["samples.shard0-of-2.jsonl", "samples.shard1-of-2.jsonl"]
     assert not seeds[0] & seeds[1]  # the shards of one run draw with different seeds
 
-    tally = merge.merge(shard_files, cases, train_file(project), out)
+    tally = merge.merge(shard_files, cases, train_file(root), out)
     merged = out.read_bytes().splitlines(keepends=True)
     recs = [json.loads(x) for x in merged]
     assert [r["index"] for r in recs] == list(range(N_CASES))  # every case once, in training-set order
@@ -104,7 +91,7 @@ def test_two_real_shards_merge_into_every_case_once(tiny, project):
     assert tally.cases == N_CASES and tally.answers == 3 * N_CASES
     assert tally.generated_tokens == sum(r["generated_tokens"] for r in recs)
     # the filter stage reads the merged file as it reads a single process's
-    outcomes = filtering.run(out, project / "outputs" / "sft.jsonl", FilterParams())
+    outcomes = filtering.run(out, root / paths.SFT_DATA, FilterParams())
     assert len(outcomes) == N_CASES
 
 
@@ -115,32 +102,45 @@ def fake_record(i: int, cases) -> dict:
     return case_record(i, cases[i], f"prompt {i}", PromptResult(11, [answer]))
 
 
-def write_shard(project: Path, i: int, n: int, indices=None, **changed) -> Path:
+def write_shard(root: Path, i: int, n: int, indices=None, **changed) -> Path:
     """A finished shard file as a sharded run writes it (header kept), from made-up answers."""
-    cases = training_cases(project / "data" / "small")
+    cases = training_cases(root / ROOT)
     sp = SampleParams(shard_index=i, num_shards=n)
     indices = shard_indices(len(cases), sp) if indices is None else indices
-    settings = {"model": "m", "training_set": file_digest(train_file(project)), "seed": 42, "prompts": f"p{i}",
+    settings = {"model": "m", "training_set": file_digest(train_file(root)), "seed": 42, "prompts": f"p{i}",
                 "shard_index": i, "num_shards": n} | changed
-    out = output_path(sp, project / "outputs" / "samples.jsonl")
+    out = output_path(sp, samples(root))
     pf = PartialFile(partial_path(out), settings, {k: cases[k].case_id for k in indices}, Tally())
     pf.append([fake_record(k, cases) for k in indices])
     pf.finalize(out, indices, keep_header=True)
     return out
 
 
-def run_merge(project: Path, paths: list[Path]):
-    cases = training_cases(project / "data" / "small")
-    return merge.merge(paths, cases, train_file(project), project / "outputs" / "samples.jsonl")
+def run_merge(root: Path, shard_paths: list[Path]):
+    return merge.merge(shard_paths, training_cases(root / ROOT), train_file(root), samples(root))
 
 
-def test_merge_of_made_up_shards(project):
-    assert run_merge(project, [write_shard(project, 1, 2), write_shard(project, 0, 2)]).cases == N_CASES
+def test_merge_of_made_up_shards(root):
+    shard_paths = [write_shard(root, 1, 2), write_shard(root, 0, 2)]
+    tally = run_merge(root, shard_paths)
+    assert tally.cases == N_CASES and tally.answers == N_CASES
+    cases = training_cases(root / ROOT)
+    assert [json.loads(x) for x in samples(root).read_text(encoding="utf-8").splitlines()] == [
+        fake_record(k, cases) for k in range(N_CASES)]  # training-set order, records verbatim, no header
+    assert all(p.is_file() for p in shard_paths)  # the shard files stay
 
 
-def corrupt(path: Path) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("{not json\n")
+def test_no_shard_files_to_merge(root):
+    with pytest.raises(InputError) as exc:
+        run_merge(root, [])
+    assert str(exc.value) == f"{samples(root).parent}: no shard files (samples.shard*-of-*.jsonl) to merge"
+
+
+def append(raw: bytes):
+    def damage(path: Path) -> None:
+        with open(path, "ab") as f:
+            f.write(raw)
+    return damage
 
 
 def drop_last_record(path: Path) -> None:
@@ -151,105 +151,182 @@ def strip_header(path: Path) -> None:
     path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[1:]))
 
 
-# (shards to write as (i, n, options), what to do to the last one, message); every case is a real way to go wrong
+def repeat_first_record(path: Path) -> None:
+    append(path.read_bytes().splitlines(keepends=True)[1])(path)
+
+
+def wrong_case_id(path: Path) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    rec = json.loads(lines[-1]) | {"case_id": "0" * 64}
+    path.write_bytes(b"".join(lines[:-1]) + (json.dumps(rec, ensure_ascii=False) + "\n").encode())
+
+
+def malformed_answer(path: Path) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    rec = json.loads(lines[-1])
+    del rec["answers"][0]["finished"]
+    path.write_bytes(b"".join(lines[:-1]) + (json.dumps(rec, ensure_ascii=False) + "\n").encode())
+
+
+# (shards to write as (i, n, options), what to do to the last one, message); every case is a real way to go wrong.
+# Shard 1 of 2 holds cases 1, 3, 5 on lines 2-4 after its header.
 REFUSALS = [
-    ([(0, 2, {})], None, r"samples.shard1-of-2.jsonl: missing: shard 1 of 2"),
+    ([(0, 2, {})], None, r"samples.shard1-of-2.jsonl: missing: shard 1 of 2 \(missing: 1\)$"),
+    ([(0, 3, {})], None, r"samples.shard1-of-3.jsonl: missing: shard 1 of 3 \(missing: 1, 2\)$"),
     ([(0, 2, {}), (1, 3, {})], None, r"samples.shard1-of-3.jsonl: shard of a 3-shard run, but .* 2-shard run"),
     ([(0, 2, {}), (1, 2, {"seed": 43})], None, r"samples.shard1-of-2.jsonl:1: written with other settings .*\(seed\)"),
     ([(0, 2, {}), (1, 2, {"model": "other"})], None, r"written with other settings .*\(model\)"),
+    ([(0, 2, {}), (1, 2, {"code": "other"})], None, r"written with other settings .*\(code\)"),
     ([(0, 2, {}), (1, 2, {"indices": [1, 3, 5, 0]})], None, r"shard1-of-2.jsonl:5: case 0 is not this shard's "
                                                             r"\(shard 0's\)"),
     ([(0, 2, {}), (1, 2, {})], drop_last_record, r"shard1-of-2.jsonl: 1 of its 3 cases missing \(5\)"),
     ([(0, 2, {"training_set": "0" * 64}), (1, 2, {"training_set": "0" * 64})], None,
      r"shard0-of-2.jsonl:1: sampled from another training set"),
-    ([(0, 2, {}), (1, 2, {})], corrupt, r"shard1-of-2.jsonl:5: corrupt line"),
+    ([(0, 2, {}), (1, 2, {})], wrong_case_id, r"shard1-of-2.jsonl:4: field 'case_id': not the case_id of case 5 of "),
+    ([(0, 2, {}), (1, 2, {})], repeat_first_record, r"shard1-of-2.jsonl:5: case 1 recorded twice \(also line 2\)"),
+    ([(0, 2, {}), (1, 2, {})], append(b"{not json\n"), r"shard1-of-2.jsonl:5: corrupt line"),
+    ([(0, 2, {}), (1, 2, {})], append(b"[1, 2]\n"), r"shard1-of-2.jsonl:5: a record must be a JSON object"),
+    ([(0, 2, {}), (1, 2, {})], append(b'{"index": true, "case_id": "x"}\n'),
+     r"shard1-of-2.jsonl:5: a record needs an integer index and a string case_id"),
+    ([(0, 2, {}), (1, 2, {})], append('{"index": 7, "case_id": "被'.encode()[:-1]),  # torn inside a character
+     r"shard1-of-2.jsonl:5: incomplete last line"),
     ([(0, 2, {}), (1, 2, {})], strip_header, r"shard1-of-2.jsonl:1: no header line"),
+    ([(0, 2, {}), (1, 2, {})], malformed_answer, r"shard1-of-2.jsonl:4: malformed case record"),
 ]
 
 
 @pytest.mark.parametrize("shards, damage, message", REFUSALS)
-def test_merge_refuses_what_is_not_one_complete_run(project, shards, damage, message):
-    paths = []
+def test_merge_refuses_what_is_not_one_complete_run(root, shards, damage, message):
+    shard_paths = []
     for i, n, options in shards:
         changed = {k: v for k, v in options.items() if k != "indices"}
-        paths.append(write_shard(project, i, n, options.get("indices"), **changed))
+        shard_paths.append(write_shard(root, i, n, options.get("indices"), **changed))
     if damage:
-        damage(paths[-1])
-    with pytest.raises(InputError, match=message):
-        run_merge(project, paths)
-    assert not (project / "outputs" / "samples.jsonl").exists()  # nothing half-written
+        damage(shard_paths[-1])
+    with pytest.raises(InputError, match=message) as exc:
+        run_merge(root, shard_paths)
+    assert "\n" not in str(exc.value)
+    assert not samples(root).exists()  # nothing half-written
+    assert sorted(p.name for p in samples(root).parent.iterdir()) == sorted(p.name for p in shard_paths)
 
 
-def test_same_shard_twice_and_renamed_shard(project):
-    first = write_shard(project, 0, 2)
-    second = write_shard(project, 1, 2)
+def test_same_shard_twice_and_renamed_shard(root):
+    first = write_shard(root, 0, 2)
+    second = write_shard(root, 1, 2)
     with pytest.raises(InputError, match="shard 0 given twice"):
-        run_merge(project, [first, first, second])
+        run_merge(root, [first, first, second])
     # the two files' names swapped
     first.rename(first.with_name("swap"))
     second.rename(first)
     first.with_name("swap").rename(second)
     with pytest.raises(InputError, match=r"shard0-of-2.jsonl:1: header says shard 1 of 2, the file name shard 0 of 2"):
-        run_merge(project, [first, second])
+        run_merge(root, [first, second])
+    with pytest.raises(InputError, match=r"samples.jsonl: not a shard file: the name must end in \.shard\{i\}-of-"):
+        merge.read_shard(samples(root))
 
 
-def test_no_shards_and_the_one_line_error(project, monkeypatch, capsys):
-    monkeypatch.chdir(project)
-    (project / "params.yaml").write_text(yaml.safe_dump({"data": {"root": "data/small"}}), encoding="utf-8")
+# --- what the merge writes for metrics -----------------------------------------------------------------------------
+
+SHARD_INFO = {"tokens_per_second": 100.0, "backend": "hf", "device": "cpu", "resumed_cases": 2, "wall_seconds": 5.0,
+              "peak_rss_mb": 300.0}
+
+
+def test_merged_metrics_sum_the_counts():
+    tally = Tally(cases=7, answers=21, correct=3, format_errors=2, unfinished=1, prompt_tokens=70,
+                  generated_tokens=600)
+    both = merge.merged_metrics(tally, [{"missing_articles": 1}, {"missing_articles": 2, "cases": 99}])
+    assert both == {"cases": 7, "answers_generated": 21, "generated_tokens": 600, "prompt_tokens": 70,
+                    "correct_exact": 3, "format_errors": 2, "unfinished_answers": 1, "shards": 2,
+                    "missing_articles": 3}  # counts from the merged records, not from the shards' files
+    # a shard's metrics missing: the counts only, nothing guessed
+    partial = merge.merged_metrics(tally, [{"missing_articles": 1}, None])
+    assert partial == {k: v for k, v in both.items() if k != "missing_articles"}
+
+
+def test_merged_run_info_combines_throughput_time_and_memory():
+    other = SHARD_INFO | {"tokens_per_second": 50.04, "wall_seconds": 9.0, "peak_rss_mb": 250.0, "resumed_cases": 1}
+    assert merge.merged_run_info([SHARD_INFO, other]) == {
+        "tokens_per_second": 150.0,  # side by side: the sum
+        "backend": "hf", "device": "cpu", "resumed_cases": 3,
+        "wall_seconds": 9.0, "peak_rss_mb": 300.0}  # the largest shard's
+    assert merge.merged_run_info([SHARD_INFO, other | {"tokens_per_second": None}])["tokens_per_second"] == 100.0
+    assert merge.merged_run_info([SHARD_INFO, None]) == {}  # a shard's time file missing: nothing copied
+    assert merge.merged_run_info([]) == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_files", [True, False], ids=["shard_files", "no_shard_files"])
+def test_main_writes_metrics_and_time_from_the_shards(root, monkeypatch, capsys, with_files):
+    monkeypatch.chdir(root)
+    (root / "params.yaml").write_text(yaml.safe_dump({"data": {"root": ROOT}}), encoding="utf-8")
+    for i in (0, 1):
+        write_shard(root, i, 2)
+        if with_files:
+            sp = SampleParams(shard_index=i, num_shards=2)
+            dump_json(output_path(sp, paths.SAMPLE_METRICS), {"cases": 99, "missing_articles": i + 1})
+            dump_json(output_path(sp, paths.TIME["sample"]), SHARD_INFO | {"wall_seconds": 5.0 + i})
+    merge.main([])
+    recs = [json.loads(x) for x in samples(root).read_text(encoding="utf-8").splitlines()]
+    assert [r["index"] for r in recs] == list(range(N_CASES))
+    results = read_json(root / paths.SAMPLE_METRICS)
+    assert results["cases"] == N_CASES and results["shards"] == 2 and results["answers_generated"] == N_CASES
+    time_file = root / paths.TIME["sample"]
+    if with_files:
+        assert results["missing_articles"] == 3
+        assert read_json(time_file) == SHARD_INFO | {"tokens_per_second": 200.0, "resumed_cases": 4,
+                                                     "wall_seconds": 6.0}
+    else:
+        assert "missing_articles" not in results and not time_file.exists()
+    assert f"merge: 2 shards, {N_CASES} cases -> {paths.SAMPLES}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_no_shards_and_the_one_line_error(root, monkeypatch, capsys):
+    monkeypatch.chdir(root)
+    (root / "params.yaml").write_text(yaml.safe_dump({"data": {"root": ROOT}}), encoding="utf-8")
     with pytest.raises(SystemExit) as exit_:
         files.run_stage(lambda: merge.main([]))
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no shard files (samples.shard*-of-*.jsonl) to merge" in err
-
-
-def test_merged_metrics_sum_counts_and_combine_throughput():
-    tally = Tally(cases=7, answers=21, correct=3, generated_tokens=600)
-    shard = {"tokens_per_second": 100.0, "backend": "hf", "device": "cpu", "missing_articles": 1,
-             "resumed_cases": 2, "wall_seconds": 5.0, "peak_rss_mb": 300.0}
-    both = merge.merged_metrics(tally, [shard, shard | {"tokens_per_second": 50.0, "wall_seconds": 9.0}])
-    assert both["cases"] == 7 and both["answers_generated"] == 21 and both["shards"] == 2
-    assert (both["tokens_per_second"], both["wall_seconds"], both["missing_articles"]) == (150.0, 9.0, 2)
-    assert "tokens_per_second" not in merge.merged_metrics(tally, [shard, None])  # a shard's metrics not copied
+    assert err == "error: outputs: no shard files (samples.shard*-of-*.jsonl) to merge\n"
 
 
 # --- the documented commands, as separate processes ----------------------------------------------------------------
 
 @pytest.mark.slow
-def test_sharded_stage_merge_and_filter(project, tiny_base):
-    shutil.copytree(tiny_base, project / "models" / "base")
-    params = {"data": {"root": "data/small", "train_articles": "data/small/criminal_law_articles.json"},
-              "sample": {"num_samples": 2, "max_new_tokens": 32, "batch_size": 2, "device": "cpu"}}
-    (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    shards = [subprocess.Popen([sys.executable, str(REPO / "stages" / "sample.py"), "--shard-index", str(i),
-                                "--num-shards", "2"], cwd=project, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+def test_sharded_stage_merge_and_filter(project):
+    root = project(n_train=N_CASES)
+    shards = [subprocess.Popen(stage_cmd("sample", "--shard-index", str(i), "--num-shards", "2"), cwd=root, env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
     for proc in shards:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
         assert "once all are: python -m lawshift.merge" in out
+    infos = []
     for i in (0, 1):
-        assert (project / "metrics" / f"sample.shard{i}-of-2.json").is_file()
+        sp = SampleParams(shard_index=i, num_shards=2)
+        assert read_json(root / output_path(sp, paths.SAMPLE_METRICS))["cases"] == len(shard_indices(N_CASES, sp))
+        infos.append(read_json(root / output_path(sp, paths.TIME["sample"])))
+        assert (root / output_path(sp, paths.SAMPLES)).is_file()
 
-    def run(*cmd):
-        done = subprocess.run([sys.executable, *cmd], cwd=project, env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-
-    run("-m", "lawshift.merge")
-    recs = [json.loads(x) for x in (project / "outputs" / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    run([sys.executable, "-m", "lawshift.merge"], cwd=root)
+    recs = [json.loads(x) for x in samples(root).read_text(encoding="utf-8").splitlines()]
     assert [r["index"] for r in recs] == list(range(N_CASES))
-    metrics = json.loads((project / "metrics" / "sample.json").read_text(encoding="utf-8"))
-    assert metrics["cases"] == N_CASES and metrics["shards"] == 2 and metrics["tokens_per_second"] > 0
-    run(str(REPO / "stages" / "filter.py"))
-    assert json.loads((project / "metrics" / "filter.json").read_text(encoding="utf-8"))
+    results = read_json(root / paths.SAMPLE_METRICS)
+    assert results["cases"] == N_CASES and results["shards"] == 2 and results["missing_articles"] == 0
+    assert "tokens_per_second" not in results  # throughput lives in the time file
+    timing = read_json(root / paths.TIME["sample"])
+    assert timing["tokens_per_second"] == round(sum(m["tokens_per_second"] for m in infos), 1) > 0
+    assert timing["wall_seconds"] == max(m["wall_seconds"] for m in infos)
+    proc = run_stage(root, "filter")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_json(root / paths.FILTER_METRICS)["total_samples"] == N_CASES
 
 
-def test_shard_settings_differ_only_in_the_shard(project):
+def test_shard_settings_differ_only_in_the_shard(root):
     """What the stage fingerprints for two shards of one run differs in the shard index and prompts only."""
-    arts = project / "data" / "small" / "criminal_law_articles.json"
-    a = run_settings(SampleParams(shard_index=0, num_shards=2), "m", train_file(project), arts, ["x"])
-    b = run_settings(dataclasses.replace(SampleParams(), shard_index=1, num_shards=2), "m", train_file(project),
-                     arts, ["y"])
+    arts = root / ROOT / "criminal_law_articles.json"
+    a = run_settings(SampleParams(shard_index=0, num_shards=2), "m", train_file(root), arts, ["x"], 0)
+    b = run_settings(dataclasses.replace(SampleParams(), shard_index=1, num_shards=2), "m", train_file(root),
+                     arts, ["y"], 0)
     assert {k for k in a if a[k] != b[k]} == set(merge.PER_SHARD)

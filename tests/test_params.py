@@ -1,4 +1,7 @@
-"""Tests for lawshift.params: the repo's params files load, defaults match the original workflow, bad keys fail."""
+"""Tests for lawshift.params: the repo's params files load, defaults match the original workflow, bad keys and types
+fail, and every rule of every section (ranges, choices, relations between keys) fails at load, naming params.yaml and
+`section.key`. The rules' tables moved here from the sampling, filtering, scoring and eval tests when the checks moved
+into the section dataclasses' `problems()`."""
 
 from __future__ import annotations
 
@@ -7,9 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from lawshift.files import InputError
 from lawshift.params import (
+    EVAL_BACKENDS,
+    PARAMS_FILE,
+    SAMPLE_BACKENDS,
+    WEIGHTINGS,
     DataParams,
     EvalParams,
     FilterParams,
@@ -19,11 +27,11 @@ from lawshift.params import (
     TinyParams,
     TrainParams,
     load_params,
+    param_error,
     params_from_dict,
     to_dict,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
 
 
@@ -103,9 +111,10 @@ def test_round_trip():
 
 
 def test_partial_section_keeps_other_defaults(tmp_path):
-    p = load_params(write(tmp_path, "sample:\n  num_samples: 4\nmodel:\n  tiny:\n    seed: 3\n"))
+    p = load_params(write(tmp_path, "seed: 3\nsample:\n  num_samples: 4\nmodel:\n  tiny:\n    warmup_steps: 5\n"))
+    assert p.seed == 3
     assert p.sample == dataclasses.replace(SampleParams(), num_samples=4)
-    assert p.model.tiny == dataclasses.replace(TinyParams(), seed=3)
+    assert p.model.tiny == dataclasses.replace(TinyParams(), warmup_steps=5)
     assert (p.data, p.filter, p.train, p.eval) == (DataParams(), FilterParams(), TrainParams(), EvalParams())
 
 
@@ -143,7 +152,9 @@ WRONG_TYPES = [
     ("bool_for_float", "sample:\n  temperature: false\n", "sample.temperature", "expected float, got bool"),
     ("str_for_float", "sample:\n  temperature: hot\n", "sample.temperature", "expected float, got str"),
     ("int_for_str", "model:\n  base: 5\n", "model.base", "expected str, got int"),
-    ("null_for_int", "sample:\n  seed:\n", "sample.seed", "expected int, got NoneType"),
+    ("null_for_int", "sample:\n  batch_size:\n", "sample.batch_size", "expected int, got NoneType"),
+    ("str_for_top_level_int", "seed: one\n", "seed", "expected int, got str"),
+    ("section_seed_is_gone", "sample:\n  seed: 1\n", "sample.seed", "unknown key"),
     ("str_for_list", "train:\n  lora_target_modules: q_proj\n", "train.lora_target_modules", "expected a list"),
     ("list_item", "train:\n  lora_target_modules: [q_proj, 1]\n", "train.lora_target_modules[1]",
      "expected str, got int"),
@@ -215,3 +226,152 @@ def test_profiles_set_every_key_params_yaml_sets(path):
     ours = _keys(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
     theirs = _keys(yaml.safe_load(path.read_text(encoding="utf-8")))
     assert ours == theirs
+
+
+@pytest.mark.parametrize("text, value", [("model:\n  revision: v1.0\n", "v1.0"), ("model:\n  revision:\n", None)],
+                         ids=["str", "null"])
+def test_optional_str_takes_a_string_or_null(tmp_path, text, value):
+    assert load_params(write(tmp_path, text)).model.revision == value
+    with pytest.raises(InputError, match=r"field 'model\.revision': expected str, got int"):
+        load_params(write(tmp_path, "model:\n  revision: 5\n"))
+
+
+# --- the rules of each section: one row each ------------------------------------------------------------------------
+
+def at_least(low, value) -> str:
+    return f"must be >= {low}, got {value!r}"
+
+
+RULES = [
+    # (section, bad values, key named, message, values at the edge that pass)
+    ("sample", {"backend": "tgi"}, "backend", "unknown backend 'tgi', expected one of ('hf', 'vllm')",
+     {"backend": "vllm"}),
+    *[("sample", {k: 0}, k, at_least(1, 0), {k: 1})
+      for k in ("num_samples", "max_new_tokens", "batch_size", "num_shards", "tensor_parallel_size")],
+    ("sample", {"temperature": -0.1}, "temperature", "must be >= 0, got -0.1", {"temperature": 0.0}),
+    ("sample", {"top_p": 0.0}, "top_p", "must be in (0, 1], got 0.0", {"top_p": 1.0}),
+    ("sample", {"top_p": 1.5}, "top_p", "must be in (0, 1], got 1.5", {"top_p": 1e-6}),
+    ("sample", {"num_shards": 2, "shard_index": 2}, "shard_index", "must be in [0, num_shards=2), got 2",
+     {"num_shards": 2, "shard_index": 1}),
+    ("sample", {"shard_index": -1}, "shard_index", "must be in [0, num_shards=1), got -1", {"shard_index": 0}),
+    ("sample", {"shard_index": 1}, "shard_index", "must be in [0, num_shards=1), got 1", {"num_shards": 2,
+                                                                                          "shard_index": 1}),
+    ("filter", {"weighting": "sqrt"}, "weighting", "unknown weighting 'sqrt', expected one of ('inverse_n', 'uniform')",
+     {"weighting": "uniform"}),
+    # is_correct no longer checks the tolerance itself: a negative one cannot load
+    ("filter", {"term_tolerance": -1}, "term_tolerance", at_least(0, -1), {"term_tolerance": 0}),
+    *[("train", {k: 0}, k, at_least(1, 0), {k: 1})
+      for k in ("lora_r", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "logging_steps",
+                "save_steps", "num_processes")],
+    *[("eval", {k: 0}, k, at_least(1, 0), {k: 1}) for k in ("num_samples", "batch_size", "max_new_tokens")],
+    ("eval", {"train_subset": -1}, "train_subset", at_least(0, -1), {"train_subset": 0}),
+    ("eval", {"temperature": -0.1}, "temperature", "must be >= 0 (0 = greedy), got -0.1", {"temperature": 0.0}),
+    ("eval", {"top_p": 0.0}, "top_p", "must be in (0, 1], got 0.0", {"top_p": 1.0}),
+    ("eval", {"top_p": 1.5}, "top_p", "must be in (0, 1], got 1.5", {"top_p": 0.5}),
+    ("eval", {"term_low": 200}, "term_high", "needs 0 <= term_low <= term_high, got 200, 120", {"term_low": 120}),
+    ("eval", {"term_low": -1}, "term_high", "needs 0 <= term_low <= term_high, got -1, 120", {"term_low": 0}),
+    ("eval", {"term_low": 10, "term_high": 9}, "term_high", "needs 0 <= term_low <= term_high, got 10, 9",
+     {"term_low": 10, "term_high": 10}),
+    ("eval", {"backend": "vllm"}, "backend", "unknown backend 'vllm', expected one of ('hf',)", {"backend": "hf"}),
+    *[("model.tiny", {k: 0}, k, at_least(1, 0), {k: 1})
+      for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "max_position_embeddings", "warmup_batch_size")],
+    ("model.tiny", {"warmup_steps": -1}, "warmup_steps", at_least(0, -1), {"warmup_steps": 0}),
+    ("model.tiny", {"term_noise": 1.5}, "term_noise", "must be in [0, 1], got 1.5", {"term_noise": 1.0}),
+    ("model.tiny", {"term_noise": -0.1}, "term_noise", "must be in [0, 1], got -0.1", {"term_noise": 0.0}),
+]
+RULE_IDS = [f"{section}.{key}={'/'.join(map(str, bad.values()))}" for section, bad, key, _, _ in RULES]
+SECTIONS = {"sample": SampleParams, "filter": FilterParams, "train": TrainParams, "eval": EvalParams,
+            "model.tiny": TinyParams}
+
+
+def nest(section: str, values: dict) -> dict:
+    """{"model": {"tiny": values}} for section "model.tiny"."""
+    for name in reversed(section.split(".")):
+        values = {name: values}
+    return values
+
+
+def section_of(p: Params, section: str):
+    for name in section.split("."):
+        p = getattr(p, name)
+    return p
+
+
+@pytest.mark.parametrize("section, bad, key, message, good", RULES, ids=RULE_IDS)
+def test_rule_fails_at_load_naming_the_field(tmp_path, section, bad, key, message, good):
+    # the section's own list of problems, the one load reports first (num_shards 0 also breaks shard_index's rule)
+    problems = SECTIONS[section](**bad).problems()
+    assert problems[0] == (key, message) and len(problems) == 1 + (bad == {"num_shards": 0})
+    assert SECTIONS[section](**good).problems() == []
+    # from a dict (the stages' params.yaml by default) and from a file: one line naming file and key
+    with pytest.raises(InputError) as exc:
+        params_from_dict(nest(section, bad))
+    assert str(exc.value) == f"{PARAMS_FILE}: field '{section}.{key}': {message}"
+    path = write(tmp_path, yaml.safe_dump(nest(section, bad)))
+    with pytest.raises(InputError) as exc:
+        load_params(path)
+    assert str(exc.value) == f"{path}: field '{section}.{key}': {message}"
+    # the value at the edge loads, and is what the section holds
+    got = section_of(load_params(write(tmp_path, yaml.safe_dump(nest(section, good)))), section)
+    assert {k: getattr(got, k) for k in good} == good
+
+
+@pytest.mark.parametrize("cls", [DataParams, ModelParams, *SECTIONS.values()], ids=lambda c: c.__name__)
+def test_defaults_obey_the_rules(cls):
+    assert getattr(cls(), "problems", list)() == []
+
+
+@pytest.mark.parametrize("path", [REPO / "params.yaml", *PROFILES], ids=lambda p: p.name)
+def test_shipped_params_obey_the_rules(path):
+    p = load_params(path)
+    for section in SECTIONS:
+        assert section_of(p, section).problems() == []
+
+
+@pytest.mark.parametrize("section, key, values", [("sample", "backend", SAMPLE_BACKENDS),
+                                                  ("eval", "backend", EVAL_BACKENDS),
+                                                  ("filter", "weighting", WEIGHTINGS)])
+def test_every_listed_choice_loads(section, key, values):
+    assert values and len(set(values)) == len(values)
+    for value in values:
+        assert getattr(getattr(params_from_dict({section: {key: value}}), section), key) == value
+
+
+def test_choices():
+    assert (SAMPLE_BACKENDS, EVAL_BACKENDS, WEIGHTINGS) == (("hf", "vllm"), ("hf",), ("inverse_n", "uniform"))
+    assert PARAMS_FILE == "params.yaml"
+
+
+def test_param_error_is_the_stages_one_line_error():
+    err = param_error("sample.shard_index", "shard 2 of 3 gets none\nof the 2 cases")
+    assert isinstance(err, InputError)
+    assert str(err) == "params.yaml: field 'sample.shard_index': shard 2 of 3 gets none of the 2 cases"
+
+
+# --- overrides (a shard from the command line) ----------------------------------------------------------------------
+
+def test_overrides_replace_values_of_the_file(tmp_path):
+    text = "sample:\n  num_samples: 4\n  batch_size: 7\n"
+    path = write(tmp_path, text)
+    p = load_params(path, overrides={"sample": {"shard_index": 1, "num_shards": 2}})
+    assert p.sample == dataclasses.replace(SampleParams(), num_samples=4, batch_size=7, shard_index=1, num_shards=2)
+    assert path.read_text(encoding="utf-8") == text  # the file itself is left alone
+    assert load_params(path, overrides={}) == load_params(path) == load_params(path, overrides={"sample": {}})
+    # a section the file leaves out, or leaves empty
+    assert load_params(path, overrides={"filter": {"dedup": False}}).filter == FilterParams(dedup=False)
+    assert load_params(write(tmp_path, "sample:\n"), overrides={"sample": {"top_p": 0.5}}).sample.top_p == 0.5
+
+
+@pytest.mark.parametrize("overrides, key, fragment", [
+    ({"sample": {"shard_index": 2, "num_shards": 2}}, "sample.shard_index", "must be in [0, num_shards=2), got 2"),
+    ({"sample": {"shard_index": 1}}, "sample.shard_index", "must be in [0, num_shards=1), got 1"),
+    ({"sample": {"num_shards": 0}}, "sample.num_shards", "must be >= 1, got 0"),
+    ({"sample": {"shard_index": "1"}}, "sample.shard_index", "expected int, got str '1'"),
+    ({"sample": {"shard_indx": 1}}, "sample.shard_indx", "unknown key (did you mean 'shard_index'?)"),
+], ids=["shard_past_the_end", "shard_of_one", "no_shards", "wrong_type", "unknown_key"])
+def test_overrides_obey_the_same_rules(tmp_path, overrides, key, fragment):
+    path = write(tmp_path, "sample:\n  num_samples: 4\n")
+    with pytest.raises(InputError) as exc:
+        load_params(path, overrides=overrides)
+    assert str(exc.value) == f"{path}: field '{key}': {fragment}"

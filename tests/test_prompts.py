@@ -87,9 +87,10 @@ def test_render_prompt_chatml(small_tokenizer, articles, old, user):
     assert render_prompt(small_tokenizer, build_messages(FACT, articles, old)) == expected_chatml(user)
 
 
-def test_render_prompt_with_saved_tokenizer(tiny_base, small_tokenizer):
+def test_render_prompt_with_saved_tokenizer(tiny, small_tokenizer):
     # the template must survive save_pretrained / AutoTokenizer, which is how every stage loads it
-    tok = load_tokenizer(str(tiny_base))
+    tok = tiny.tokenizer
+    assert type(tok) is type(load_tokenizer(str(tiny.path)))
     messages = build_messages(FACT, [A354])
     prompt = render_prompt(tok, messages)
     assert prompt == render_prompt(small_tokenizer, messages) == expected_chatml(MESSAGE_CASES[0][3])

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lawshift.report import escape_md, folder_plot, folder_table, report_markdown, term_error_plot
+from lawshift import evaluation, paths
+from lawshift.data import Case
+from lawshift.report import escape_md, folder_plot, folder_table, report_markdown, term_error_plot, write_outputs
 
 METRICS = {
     "overall": {"original": 0.6875, "poisoned": 0.5625, "gap": 0.125, "format_valid": 0.888889},
@@ -117,3 +121,47 @@ def test_report_keeps_its_shape_whatever_the_model_wrote(answers, note):
     body = "\n".join(hostile).replace("<br>", "")
     assert "<" not in body and ">" not in body  # no tag reaches a renderer
     assert term_error_plot(records).empty and len(folder_plot(METRICS)) == 6
+
+
+# ---- the eval stage's outputs ----------------------------------------------------------------------------------
+
+THEFT = Case("事实", ("264-0-0",), "盗窃", 24)
+ANSWERS = [("action_explicit_extend", "V", "original", 0, "<answer> 盗窃 | 30 </answer>"),
+           ("action_explicit_extend", "V", "poisoned", 0, "<answer> 不违规 </answer>"),
+           ("term_up", "TU", "original", 0, "<think>a | b\n</think>没写完"),
+           ("term_up", "TU", "poisoned", 0, "<answer> 盗窃 | 130 </answer>"),
+           (None, None, "train", 3, "<answer> 盗窃 | 24 </answer>")]
+
+
+@pytest.mark.parametrize("name", sorted(paths.EVAL))
+def test_write_outputs_writes_every_eval_output_at_its_path(tmp_path, monkeypatch, name):
+    """write_outputs: predictions, metrics, report and both plot CSVs of one model at its paths.EVAL paths, each
+    what the functions above make of the evaluation; nothing else, no temp file left."""
+    monkeypatch.chdir(tmp_path)
+    items = [evaluation.EvalItem(f"{folder}/{split}/{i}" if folder else f"train/{i}", folder, label, split, i, THEFT,
+                                 "")
+             for folder, label, split, i, _ in ANSWERS]
+    records = [evaluation.score_answer(item, text, 0, 36, 120) for item, (*_, text) in zip(items, ANSWERS,
+                                                                                          strict=True)]
+    metrics = evaluation.compute_metrics(records)
+    note = "5 prompts, 1 answer(s) each; 0 cited article id(s) not found"
+    write_outputs(name, evaluation.Evaluation(records, metrics, note, partial=None))
+
+    where = paths.EVAL[name]
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert written == sorted(where[k] for k in ("predictions", "metrics", "report", "folders_plot",
+                                                "term_errors_plot"))
+    lines = Path(where["predictions"]).read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == "" and [json.loads(line) for line in lines[:-1]] == records  # one record a line, in order
+    assert json.loads(Path(where["metrics"]).read_text(encoding="utf-8")) == metrics
+    assert Path(where["report"]).read_text(encoding="utf-8") == report_markdown(name, metrics, records, [note])
+    assert Path(where["folders_plot"]).read_text(encoding="utf-8") == folder_plot(metrics).to_csv(index=False)
+    assert Path(where["term_errors_plot"]).read_text(encoding="utf-8") == term_error_plot(records).to_csv(
+        index=False)
+    assert f"# LawShift evaluation: `{name}`" in Path(where["report"]).read_text(encoding="utf-8")
+    assert "term_error_months,answers,share\n6,1,1.0\n" == Path(where["term_errors_plot"]).read_text()
+
+    # a second write replaces every file whole
+    write_outputs(name, evaluation.Evaluation(records[:2], evaluation.compute_metrics(records[:2]), note, None))
+    assert len(Path(where["predictions"]).read_text(encoding="utf-8").splitlines()) == 2
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == written

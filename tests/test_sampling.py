@@ -1,70 +1,56 @@
-"""Tests for lawshift.sampling and stages/sample.py: the resumable JSONL, fingerprints, records, batching, and a
-real SIGKILL in the middle of a sampling run followed by a rerun."""
+"""Tests for lawshift.sampling and stages/sample.py: the partial file (the journal of lawshift/journal.py, with the
+case checks sampling adds), settings, records, batching, the results and time files, and a real Ctrl-C and SIGKILL in
+the middle of a sampling run followed by a rerun."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
-import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from conftest import ENV, SAMPLE, read_json, stage_cmd
 
-from lawshift import models
+from lawshift import paths
 from lawshift.answers import parse_answer
+from lawshift.codedeps import code_digest
 from lawshift.data import ArticleLookup, load_articles, training_cases
-from lawshift.files import InputError
+from lawshift.files import InputError, file_digest, json_digest
 from lawshift.generation import Completion, GenerationSettings, HFBackend, PromptResult
+from lawshift.journal import header
 from lawshift.params import SampleParams
 from lawshift.sampling import (
+    SAMPLING_KEYS,
     Job,
     PartialFile,
+    RunStats,
     Tally,
     batch_seed,
     build_prompts,
     case_record,
-    check_params,
     longest_first,
+    metrics,
     output_path,
     parse_dict,
     partial_path,
+    run_info,
     run_settings,
     sample,
     shard_indices,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "data" / "lawshift-sample"
 CASES = training_cases(SAMPLE)
 CPU = torch.device("cpu")
 RIGHT, WRONG = "<answer> 容留他人吸毒 | 7 </answer>", "<answer> 容留他人吸毒 | 70 </answer>"
 
 
-# --- params ------------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("change, field", [
-    ({"backend": "tgi"}, "sample.backend"),
-    ({"num_samples": 0}, "sample.num_samples"),
-    ({"batch_size": 0}, "sample.batch_size"),
-    ({"max_new_tokens": 0}, "sample.max_new_tokens"),
-    ({"temperature": -0.1}, "sample.temperature"),
-    ({"top_p": 0.0}, "sample.top_p"),
-    ({"top_p": 1.5}, "sample.top_p"),
-    ({"num_shards": 2, "shard_index": 2}, "sample.shard_index"),
-    ({"shard_index": -1}, "sample.shard_index"),
-])
-def test_check_params_names_the_field(change, field):
-    with pytest.raises(InputError, match=f"field '{field}'"):
-        check_params(dataclasses.replace(SampleParams(), **change))
-
+# --- shards, seeds, order ----------------------------------------------------------------------------------------
+# (the sample params' own rules are tests/test_params.py's RULES table: they fail at load)
 
 @pytest.mark.parametrize("n_cases, shard, shards, expected", [
     (5, 0, 1, [0, 1, 2, 3, 4]), (5, 0, 2, [0, 2, 4]), (5, 1, 2, [1, 3]), (2, 1, 3, [1])])
@@ -72,12 +58,26 @@ def test_shards_split_the_cases(n_cases, shard, shards, expected):
     assert shard_indices(n_cases, SampleParams(shard_index=shard, num_shards=shards)) == expected
 
 
-def test_empty_shard_and_shard_file_names():
-    with pytest.raises(InputError, match="gets none of the 2 cases"):
+def test_empty_shard_is_a_param_error():
+    with pytest.raises(InputError) as exc:
         shard_indices(2, SampleParams(shard_index=2, num_shards=3))
-    assert output_path(SampleParams()) == Path("outputs/samples.jsonl")
-    assert output_path(SampleParams(shard_index=1, num_shards=4)) == Path("outputs/samples.shard1-of-4.jsonl")
-    assert partial_path(Path("outputs/samples.jsonl")) == Path("outputs/samples.jsonl.partial")
+    assert str(exc.value) == "params.yaml: field 'sample.shard_index': shard 2 of 3 gets none of the 2 cases"
+
+
+@pytest.mark.parametrize("out, shard, shards, expected", [
+    (paths.SAMPLES, 0, 1, "outputs/samples.jsonl"),
+    (paths.SAMPLES, 1, 4, "outputs/samples.shard1-of-4.jsonl"),
+    (paths.SAMPLE_METRICS, 0, 2, "metrics/sample.shard0-of-2.json"),
+    (paths.TIME["sample"], 1, 2, "metrics/time/sample.shard1-of-2.json"),
+    (Path("/abs/x.jsonl"), 0, 1, "/abs/x.jsonl"),
+])
+def test_output_path_names_each_shards_file(out, shard, shards, expected):
+    assert output_path(SampleParams(shard_index=shard, num_shards=shards), out) == Path(expected)
+
+
+def test_partial_path():
+    assert partial_path(Path(paths.SAMPLES)) == Path("outputs/samples.jsonl.partial")
+    assert partial_path(Path("outputs/samples.shard1-of-4.jsonl")) == Path("outputs/samples.shard1-of-4.jsonl.partial")
 
 
 def test_batch_seed_depends_on_seed_and_first_case_only():
@@ -111,11 +111,12 @@ def lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
-def test_partial_header_append_and_resume(tmp_path):
+def test_partial_header_append_and_resume(tmp_path, capsys):
     path = tmp_path / "samples.jsonl.partial"
     pf, tally = open_partial(path)
-    assert pf.resumed == 0 and tally.cases == 0
-    assert json.loads(lines(path)[0]) == {"fingerprint": pf.fp, "settings": SETTINGS}
+    assert pf.resumed == 0 and tally.cases == 0 and pf.done == {}
+    assert json.loads(lines(path)[0]) == {"fingerprint": json_digest(SETTINGS), "settings": SETTINGS}
+    assert path.read_bytes() == header(SETTINGS)  # the journal's header, nothing else yet
     pf.append([record(0), record(1)])
     pf.append([record(3)])
     pf.close()
@@ -123,11 +124,28 @@ def test_partial_header_append_and_resume(tmp_path):
     assert sorted(pf.done) == [0, 1, 3] and pf.resumed == 3
     right = sum(CASES[i].charge == "容留他人吸毒" and CASES[i].prison_time == 7 for i in (0, 1, 3))
     assert (tally.cases, tally.answers, tally.correct, tally.generated_tokens) == (3, 6, right, 42)
+    data = path.read_bytes()
+    for i, (offset, length) in pf.done.items():  # each case's span is its record's line
+        assert json.loads(data[offset:offset + length]) == record(i)
     pf.append([record(2)])
     out = tmp_path / "samples.jsonl"
     final = pf.finalize(out, [0, 1, 2, 3])
     assert [json.loads(x)["index"] for x in lines(out)] == [0, 1, 2, 3]  # training-set order, no header
-    assert final.cases == 4 and not path.exists()
+    assert [json.loads(x) for x in lines(out)] == [record(i) for i in range(4)]
+    assert final.cases == 4 and final.answers == 8 and not path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples.jsonl"]
+    assert capsys.readouterr().err == ""
+
+
+def test_finalize_of_a_shard_keeps_the_header(tmp_path):
+    path = tmp_path / "samples.shard1-of-2.jsonl.partial"
+    pf, _ = open_partial(path)
+    pf.append([record(3), record(1)])
+    out = tmp_path / "samples.shard1-of-2.jsonl"
+    final = pf.finalize(out, [1, 3], keep_header=True)
+    assert out.read_bytes().splitlines(keepends=True)[0] == header(SETTINGS)
+    assert [json.loads(x)["index"] for x in lines(out)[1:]] == [1, 3]
+    assert final.cases == 2 and not path.exists()
 
 
 def test_torn_last_line_is_dropped_and_redone(tmp_path, capsys):
@@ -138,9 +156,9 @@ def test_torn_last_line_is_dropped_and_redone(tmp_path, capsys):
     whole = path.read_bytes()
     with open(path, "ab") as f:  # what a write killed half-way leaves behind
         f.write((json.dumps(record(2), ensure_ascii=False) + "\n").encode()[:50])
-    pf, _ = open_partial(path)
-    assert sorted(pf.done) == [0, 1]
-    assert "samples.jsonl.partial:4: dropped a torn last line" in capsys.readouterr().err
+    pf, tally = open_partial(path)
+    assert sorted(pf.done) == [0, 1] and pf.resumed == 2 and tally.cases == 2
+    assert capsys.readouterr().err == f"sample: {path}:4: dropped a torn last line (an interrupted write)\n"
     assert path.read_bytes() == whole  # cut back to the last complete line before appending
     pf.append([record(2)])
     pf.close()
@@ -149,8 +167,10 @@ def test_torn_last_line_is_dropped_and_redone(tmp_path, capsys):
 
 @pytest.mark.parametrize("bad_line, message", [
     ("{not json", "corrupt line"),
-    ('{"index": 1, "case_id": "0000"}', "record for a case this run does not sample"),
-    ('{"index": 99, "case_id": "0000"}', "record for a case this run does not sample"),
+    ("[0, 1]", "a record must be a JSON object"),
+    ('{"index": 1, "case_id": "0000"}', "field 'case_id': record for a case this run does not sample"),
+    ('{"index": 99, "case_id": "0000"}', "field 'case_id': record for a case this run does not sample"),
+    ('{"case_id": "0000"}', "field 'case_id': record for a case this run does not sample"),
     (None, "case 0 recorded twice"),
     (json.dumps({"index": 1, "case_id": CASES[1].case_id}), "malformed case record"),
 ])
@@ -162,8 +182,12 @@ def test_bad_line_inside_the_partial_is_an_error_with_its_line(tmp_path, bad_lin
     with open(path, "a", encoding="utf-8") as f:
         f.write((bad_line or json.dumps(record(0), ensure_ascii=False)) + "\n")
         f.write(json.dumps(record(2), ensure_ascii=False) + "\n")
-    with pytest.raises(InputError, match=f"samples.jsonl.partial:3: .*{message}"):
+    before = path.read_bytes()
+    with pytest.raises(InputError) as exc:
         open_partial(path)
+    msg = str(exc.value)
+    assert msg.startswith(f"{path}:3: {message}") and "delete the file to start afresh" in msg and "\n" not in msg
+    assert path.read_bytes() == before  # never skipped, never cut
 
 
 @pytest.mark.parametrize("content, why", [
@@ -181,40 +205,83 @@ def test_partial_that_cannot_be_continued_starts_afresh(tmp_path, capsys, conten
     else:
         path.write_bytes(content)
     pf, tally = open_partial(path)
-    assert pf.resumed == 0 and tally.cases == 0
-    assert f"{why}; starting afresh" in capsys.readouterr().err
-    assert len(lines(path)) == 1 and json.loads(lines(path)[0])["fingerprint"] == pf.fp
+    assert pf.resumed == 0 and tally.cases == 0 and pf.done == {}
+    assert capsys.readouterr().err == f"sample: {path}: {why}; starting afresh\n"
+    assert len(lines(path)) == 1 and json.loads(lines(path)[0])["fingerprint"] == json_digest(SETTINGS)
+
+
+# --- what the stage writes -----------------------------------------------------------------------------------------
+
+STATS = RunStats(Tally(cases=3, answers=6, correct=2, format_errors=1, unfinished=1, prompt_tokens=30,
+                       generated_tokens=90), resumed_cases=1, new_tokens=60, generate_seconds=2.0)
+
+
+def test_metrics_are_the_results_only():
+    assert metrics(STATS, missing_articles=4) == {
+        "cases": 3, "answers_generated": 6, "generated_tokens": 90, "prompt_tokens": 30, "missing_articles": 4,
+        "correct_exact": 2, "format_errors": 1, "unfinished_answers": 1}
+
+
+def test_run_info_is_how_the_run_went():
+    # throughput of this run's generate calls only: 60 new tokens (not the 90 with resumed cases) in 2 s
+    assert run_info(STATS, "hf", "cpu") == {"tokens_per_second": 30.0, "backend": "hf", "device": "cpu",
+                                            "resumed_cases": 1}
+    everything_resumed = dataclasses.replace(STATS, resumed_cases=3, new_tokens=0, generate_seconds=0.0)
+    assert run_info(everything_resumed, "vllm", "cuda")["tokens_per_second"] is None
+    # the time file and the results share no key: `dvc metrics diff` across machines differs in the time file only
+    assert not set(run_info(STATS, "hf", "cpu")) & set(metrics(STATS, 0))
+
+
+def test_run_settings_hold_what_decides_the_records(tmp_path):
+    arts = SAMPLE / "criminal_law_articles.json"
+    train = SAMPLE / "training_set.json"
+    sp = SampleParams()
+    settings = run_settings(sp, "org/model", train, arts, ["a", "b"], 0)
+    assert set(settings) == {"code", "model", "training_set", "articles", "prompts", "seed", *SAMPLING_KEYS}
+    assert settings["code"] == code_digest("sample")  # a partial made by other code is not continued
+    assert settings["model"] == "hub:org/model"  # a hub id stands for itself
+    assert settings["training_set"] == file_digest(train) and settings["articles"] == file_digest(arts)
+    assert settings["training_set"] != settings["articles"] and len(settings["training_set"]) == 64
+    assert {k: settings[k] for k in SAMPLING_KEYS} == {k: getattr(sp, k) for k in SAMPLING_KEYS}
+    same = [dataclasses.replace(sp, device="cuda:1"), dataclasses.replace(sp, gpu_memory_utilization=0.5),
+            dataclasses.replace(sp, tensor_parallel_size=4)]
+    assert all(run_settings(s, "org/model", train, arts, ["a", "b"], 0) == settings for s in same)
+    other = [run_settings(sp, "org/other", train, arts, ["a", "b"], 0),
+             run_settings(sp, "org/model", arts, arts, ["a", "b"], 0),
+             run_settings(sp, "org/model", train, train, ["a", "b"], 0),
+             run_settings(sp, "org/model", train, arts, ["a", "c"], 0),
+             run_settings(sp, "org/model", train, arts, ["a", "b", "c"], 0),
+             *(run_settings(dataclasses.replace(sp, **{k: v}), "org/model", train, arts, ["a", "b"], 0)
+               for k, v in [("temperature", 0.5), ("top_p", 0.5), ("num_samples", 2),
+                            ("max_new_tokens", 7), ("batch_size", 3), ("backend", "vllm")]),
+             run_settings(sp, "org/model", train, arts, ["a", "b"], 1)]
+    assert all(json_digest(o) != json_digest(settings) for o in other)
 
 
 # --- sampling with the tiny model --------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny(tiny_base):
-    tokenizer = models.load_tokenizer(str(tiny_base))
-    model = models.load_model(str(tiny_base), device=CPU)
-    # One thread: the tiny model's matmuls are too small to split, and on a busy 2-core runner threads only contend.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield tiny_base, tokenizer, model
-    torch.set_num_threads(threads)
+SEED = 7
 
 
 def make_job(tiny, sp: SampleParams, n_cases: int = 6) -> Job:
-    base, tokenizer, _ = tiny
     arts = SAMPLE / "criminal_law_articles.json"
     indices = list(range(n_cases))
-    prompts = build_prompts(CASES, indices, ArticleLookup(load_articles(arts), str(arts)), tokenizer,
+    prompts = build_prompts(CASES, indices, ArticleLookup(load_articles(arts), str(arts)), tiny.tokenizer,
                             SAMPLE / "training_set.json")
-    return Job(CASES, indices, prompts, run_settings(sp, str(base), SAMPLE / "training_set.json", arts, prompts))
+    settings = run_settings(sp, str(tiny.path), SAMPLE / "training_set.json", arts, prompts, SEED)
+    return Job(CASES, indices, prompts, settings, SEED)
 
 
-SP = SampleParams(num_samples=3, temperature=0.8, top_p=0.95, max_new_tokens=48, batch_size=2, seed=7)
+def backend_of(tiny) -> HFBackend:
+    return HFBackend(tiny.model, tiny.tokenizer, CPU)
+
+
+SP = SampleParams(num_samples=3, temperature=0.8, top_p=0.95, max_new_tokens=48, batch_size=2)
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny, tmp_path_factory):
     """One complete run on 6 cases; also records the input shape of every forward pass of the model."""
-    _, tokenizer, model = tiny
     prefill_tokens, decode_rows = [], []
 
     def record_rows(module, args, kwargs):  # a forward pre-hook: sees every forward pass, changes nothing
@@ -224,15 +291,16 @@ def uninterrupted(tiny, tmp_path_factory):
         else:
             decode_rows.append(ids.shape[0])
 
-    handle = model.register_forward_pre_hook(record_rows, with_kwargs=True)
+    handle = tiny.model.register_forward_pre_hook(record_rows, with_kwargs=True)
     try:
         out = tmp_path_factory.mktemp("run") / "samples.jsonl"
-        stats = sample(make_job(tiny, SP), HFBackend(model, tokenizer, CPU), SP, out)
+        stats = sample(make_job(tiny, SP), backend_of(tiny), SP, out)
     finally:
         handle.remove()
     return out, stats, (prefill_tokens, decode_rows)
 
 
+@pytest.mark.slow
 def test_several_cases_per_call_and_one_prefill_per_prompt(uninterrupted):
     out, _, (prefill_tokens, decode_rows) = uninterrupted
     # every prompt is prefilled once, not once per answer
@@ -241,8 +309,8 @@ def test_several_cases_per_call_and_one_prefill_per_prompt(uninterrupted):
     assert max(decode_rows) == 2 * SP.num_samples and min(decode_rows) < 2 * SP.num_samples
 
 
+@pytest.mark.slow
 def test_records_hold_prompt_labels_answers_parses_and_token_counts(tiny, uninterrupted):
-    _, tokenizer, _ = tiny
     out, stats, _ = uninterrupted
     recs = [json.loads(x) for x in lines(out)]
     assert [r["index"] for r in recs] == list(range(6)) and not partial_path(out).exists()
@@ -253,7 +321,7 @@ def test_records_hold_prompt_labels_answers_parses_and_token_counts(tiny, uninte
         assert (r["case_id"], r["fact"], r["relevant_articles"], r["charge"], r["prison_time"]) == (
             case.case_id, case.fact, list(case.relevant_articles), case.charge, case.prison_time)
         assert r["prompt"] == prompt
-        assert r["prompt_tokens"] == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        assert r["prompt_tokens"] == len(tiny.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         assert len(r["answers"]) == SP.num_samples
         for a in r["answers"]:
             assert set(a) == {"text", "num_tokens", "finished", "parse"}
@@ -264,6 +332,7 @@ def test_records_hold_prompt_labels_answers_parses_and_token_counts(tiny, uninte
     assert sum(a["parse"] is not None for r in recs for a in r["answers"]) > 0  # the warm-started base answers
     assert stats.tally.cases == 6 and stats.tally.answers == 18 and stats.resumed_cases == 0
     assert stats.new_tokens == stats.tally.generated_tokens == sum(r["generated_tokens"] for r in recs)
+    assert stats.generate_seconds > 0
 
 
 def partial_from(full: Path, out: Path, job: Job, n_lines: int) -> None:
@@ -274,43 +343,34 @@ def partial_from(full: Path, out: Path, job: Job, n_lines: int) -> None:
     pf.close()
 
 
+@pytest.mark.slow
 def test_resumed_run_draws_the_same_answers_as_an_uninterrupted_one(tiny, uninterrupted, tmp_path):
-    _, tokenizer, model = tiny
-    full, _, _ = uninterrupted
+    full, done, _ = uninterrupted
     job = make_job(tiny, SP)
     out = tmp_path / "samples.jsonl"
     partial_from(full, out, job, 4)  # two complete batches of 2
-    stats = sample(job, HFBackend(model, tokenizer, CPU), SP, out)
+    stats = sample(job, backend_of(tiny), SP, out)
     assert stats.resumed_cases == 4 and stats.tally.cases == 6
     assert out.read_bytes() == full.read_bytes()
+    assert stats.tally == done.tally  # the counts cover the resumed cases too
+    assert stats.new_tokens == sum(json.loads(x)["generated_tokens"] for x in lines(full)[4:])
 
 
+@pytest.mark.slow
 def test_settings_change_invalidates_the_partial(tiny, uninterrupted, tmp_path, capsys):
-    _, tokenizer, model = tiny
     full, _, _ = uninterrupted
     out = tmp_path / "samples.jsonl"
     partial_from(full, out, make_job(tiny, SP), 4)
     hotter = dataclasses.replace(SP, temperature=1.2)
     capsys.readouterr()
-    stats = sample(make_job(tiny, hotter), HFBackend(model, tokenizer, CPU), hotter, out)
-    assert "written with different settings (temperature); starting afresh" in capsys.readouterr().err
+    stats = sample(make_job(tiny, hotter), backend_of(tiny), hotter, out)
+    assert (f"sample: {partial_path(out)}: written with different settings (temperature); starting afresh\n"
+            in capsys.readouterr().err)
     assert stats.resumed_cases == 0 and stats.new_tokens == stats.tally.generated_tokens
     assert [json.loads(x)["index"] for x in lines(out)] == list(range(6))
 
 
 # --- the stage, killed for real ----------------------------------------------------------------------------------
-
-def _project(root: Path, tiny_base: Path, n_cases: int) -> None:
-    data = root / "data" / "small"
-    data.mkdir(parents=True)
-    shutil.copy(SAMPLE / "criminal_law_articles.json", data)
-    train = json.loads((SAMPLE / "training_set.json").read_text(encoding="utf-8"))[:n_cases]
-    (data / "training_set.json").write_text(json.dumps(train, ensure_ascii=False), encoding="utf-8")
-    shutil.copytree(tiny_base, root / "models" / "base")
-    params = {"data": {"root": "data/small", "train_articles": "data/small/criminal_law_articles.json"},
-              "sample": {"num_samples": 4, "max_new_tokens": 48, "batch_size": 2, "device": "cpu"}}
-    (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-
 
 def _complete_records(path: Path) -> list[bytes]:
     try:
@@ -320,10 +380,10 @@ def _complete_records(path: Path) -> list[bytes]:
     return raw[:raw.rfind(b"\n") + 1].splitlines()[1:]
 
 
-def _interrupt(cmd: list[str], cwd: Path, env: dict, partial: Path, more_than: int, sig: int) -> int:
+def _interrupt(cwd: Path, partial: Path, more_than: int, sig: int) -> int:
     """Run the stage and send `sig` once the partial file holds more than `more_than` records; returns the status."""
     with open(cwd / "interrupted.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen(stage_cmd("sample"), cwd=cwd, env=ENV, stdout=log, stderr=log)
         deadline = time.monotonic() + 120
         while len(_complete_records(partial)) <= more_than and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -331,25 +391,23 @@ def _interrupt(cmd: list[str], cwd: Path, env: dict, partial: Path, more_than: i
         return proc.wait()
 
 
-def test_ctrl_c_then_sigkill_then_rerun_yields_every_case_once(tmp_path, tiny_base):
+@pytest.mark.slow
+def test_ctrl_c_then_sigkill_then_rerun_yields_every_case_once(project):
     n_cases = 12
-    _project(tmp_path, tiny_base, n_cases)
-    cmd = [sys.executable, str(REPO / "stages" / "sample.py")]
-    # One thread: the tiny model gains nothing from more, and on a shared 2-core runner they only contend.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    partial, final = tmp_path / "outputs" / "samples.jsonl.partial", tmp_path / "outputs" / "samples.jsonl"
-    log = tmp_path / "interrupted.log"
+    root = project(n_train=n_cases, params={"sample": {"num_samples": 4}})
+    partial, final = root / partial_path(Path(paths.SAMPLES)), root / paths.SAMPLES
+    log = root / "interrupted.log"
 
-    assert _interrupt(cmd, tmp_path, env, partial, 0, signal.SIGINT) == 130, log.read_text()
+    assert _interrupt(root, partial, 0, signal.SIGINT) == 130, log.read_text()
     first = _complete_records(partial)
     assert "Rerun to continue" in log.read_text() and 0 < len(first) < n_cases
 
-    assert _interrupt(cmd, tmp_path, env, partial, len(first), signal.SIGKILL) == -signal.SIGKILL, log.read_text()
+    assert _interrupt(root, partial, len(first), signal.SIGKILL) == -signal.SIGKILL, log.read_text()
     before = _complete_records(partial)
     assert len(first) < len(before) < n_cases and before[:len(first)] == first
     assert not final.exists()
 
-    rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(stage_cmd("sample"), cwd=root, env=ENV, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     after = final.read_bytes().splitlines()
     recs = [json.loads(x) for x in after]
@@ -357,11 +415,17 @@ def test_ctrl_c_then_sigkill_then_rerun_yields_every_case_once(tmp_path, tiny_ba
     assert [r["case_id"] for r in recs] == [c.case_id for c in CASES[:n_cases]]
     assert set(before) <= set(after)  # what was saved before the kill is kept verbatim
     assert not partial.exists()
-    metrics = json.loads((tmp_path / "metrics" / "sample.json").read_text(encoding="utf-8"))
-    assert metrics["resumed_cases"] == len(before) and metrics["cases"] == n_cases
-    assert metrics["answers_generated"] == 4 * n_cases and metrics["backend"] == "hf"
-    assert metrics["generated_tokens"] == sum(r["generated_tokens"] for r in recs)
-    assert metrics["missing_articles"] == 0 and metrics["tokens_per_second"] > 0
+    results = read_json(root / paths.SAMPLE_METRICS)
+    assert results["cases"] == n_cases
+    assert results["answers_generated"] == 4 * n_cases
+    assert results["generated_tokens"] == sum(r["generated_tokens"] for r in recs)
+    assert results["missing_articles"] == 0
+    assert set(results) == set(metrics(STATS, 0))  # results only: no time, device or throughput
+    timing = read_json(root / paths.TIME["sample"])
+    assert timing["resumed_cases"] == len(before) and timing["backend"] == "hf" and timing["device"] == "cpu"
+    assert timing["tokens_per_second"] > 0 and timing["wall_seconds"] > 0 and timing["peak_rss_mb"] > 0
+    assert set(timing) >= set(run_info(STATS, "hf", "cpu")) | {"wall_seconds", "peak_rss_mb"}
+    assert not set(timing) & set(results)
 
 
 def test_parse_dict_matches_parse_answer():
@@ -369,11 +433,12 @@ def test_parse_dict_matches_parse_answer():
     assert parse_dict("no answer") is None
 
 
+@pytest.mark.slow
 def test_model_generation_config_does_not_change_the_sampling(tiny):
     """Hub models ship sampling defaults (Qwen2.5-Instruct: repetition_penalty 1.1, top_k 20); the answers must
     depend on the sample params only, as with vLLM."""
-    _, tokenizer, model = tiny
-    backend = HFBackend(model, tokenizer, CPU)
+    model = tiny.model
+    backend = backend_of(tiny)
     prompts = make_job(tiny, SP, n_cases=2).prompts
     sampled = GenerationSettings(n=2, temperature=0.8, top_p=0.95, max_new_tokens=24)
     runs = (sampled, dataclasses.replace(sampled, temperature=0.0))

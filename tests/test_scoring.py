@@ -77,7 +77,7 @@ def test_is_correct(answer, gold, tolerance, expected):
     ("盗窃 | 7", THEFT_7, False),
 ])
 def test_is_correct_on_parsed_text(text, gold, expected):
-    assert is_correct(parse_answer(text), gold) is expected
+    assert is_correct(parse_answer(text), gold, 0) is expected
 
 
 @given(
@@ -86,17 +86,23 @@ def test_is_correct_on_parsed_text(text, gold, expected):
 )
 def test_gold_answer_is_always_correct(charge, prison_time):
     # The SFT target written for a case must pass the rejection-sampling check for that same case.
-    assert is_correct(parse_answer(format_answer(charge, prison_time)), Gold(charge, prison_time))
+    assert is_correct(parse_answer(format_answer(charge, prison_time)), Gold(charge, prison_time), term_tolerance=0)
 
 
 def test_is_correct_accepts_any_case_object():
     from types import SimpleNamespace
-    assert is_correct(Answer(V, "盗窃", 7), SimpleNamespace(charge="盗窃罪", prison_time=7))
+    assert is_correct(Answer(V, "盗窃", 7), SimpleNamespace(charge="盗窃罪", prison_time=7), 0)
 
 
-def test_is_correct_rejects_negative_tolerance():
-    with pytest.raises(ValueError):
-        is_correct(Answer(V, "盗窃", 7), THEFT_7, term_tolerance=-1)
+def test_thresholds_and_tolerance_have_no_defaults():
+    # the callers pass filter.term_tolerance and eval.term_low/term_high; a forgotten one must not silently be 0/36/120
+    # (a negative tolerance cannot reach is_correct: filter.term_tolerance fails at load, see test_params)
+    with pytest.raises(TypeError):
+        is_correct(Answer(V, "盗窃", 7), THEFT_7)
+    with pytest.raises(TypeError):
+        lawshift_success(Answer(V, "盗窃", 7), "V", "original")
+    with pytest.raises(TypeError):
+        lawshift_success(Answer(V, "盗窃", 7), "V", "original", 36)
 
 
 # answers that probe every branch of the table, named for readability
@@ -142,7 +148,9 @@ def test_success_table_is_complete():
 
 @pytest.mark.parametrize("answer, label, split, expected", SUCCESS_CASES)
 def test_lawshift_success(answer, label, split, expected):
-    assert lawshift_success(answer, label, split) is expected
+    # the protocol's thresholds: 3 and 10 years (eval.term_low / eval.term_high)
+    assert lawshift_success(answer, label, split, 36, 120) is expected
+    assert lawshift_success(answer, label, split, low=36, high=120) is expected
 
 
 @pytest.mark.parametrize("answer, label, split, expected", [
@@ -168,9 +176,9 @@ def test_lawshift_success_custom_band(answer, label, split, expected):
                                           ("V", "train"), ("NV", "Original"), ("XT", "")])
 def test_lawshift_success_rejects_unknown(label, split):
     with pytest.raises(ValueError):
-        lawshift_success(Answer(V, "x", 7), label, split)
+        lawshift_success(Answer(V, "x", 7), label, split, 36, 120)
     with pytest.raises(ValueError):  # validated even when the answer is unparseable
-        lawshift_success(None, label, split)
+        lawshift_success(None, label, split, 36, 120)
 
 
 @pytest.mark.parametrize("answer, gold, expected", [

@@ -1,0 +1,97 @@
+"""A spread over seeds: the default pipeline rerun under other values of `seed` as DVC experiments.
+
+    python -m lawshift.seeds              # seeds 1..4 beside the workspace's (make seeds; ~8 min on 2 cores)
+    python -m lawshift.seeds --seeds 1 2 3 4 5 6 7 8
+    python -m lawshift.seeds --collect    # only re-read the experiments already run
+
+Every random choice of the pipeline follows the one top-level param `seed` (the tiny base's initialisation and
+warm-start, sampling, LoRA initialisation and data order, eval's draws), so `-S seed=s` reruns everything. Each seed
+is queued as the experiment `seed-<s>` (`dvc exp run --queue -S seed=<s> -n seed-<s>`; an earlier experiment of that
+name on the same commit is replaced) and the queue is run one experiment at a time (`dvc exp run --run-all -j 1`),
+each in its own temporary copy, so the workspace and its outputs stay the default seed's. Then the figures of every
+seed, the workspace's included, are read from the experiments' commits and written to `metrics/seeds.json`, which
+`python -m lawshift.results` turns into the README table's mean and spread. `dvc exp show` lists the experiments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lawshift import files, paths
+from lawshift.files import InputError
+from lawshift.params import load_params
+from lawshift.results import SEEDS
+
+OUT = Path(SEEDS)
+DEFAULT_SEEDS = (1, 2, 3, 4)
+
+
+def figures(read: Callable[[str], dict]) -> dict:
+    """The figures compared across seeds, from one run's metrics files (`read(path)` returns a file's JSON)."""
+    filt = read(paths.FILTER_METRICS)
+    cases = filt["total_samples"]
+    out = {"acceptance": filt["acceptance_rate"],
+           "coverage": round((cases - filt["samples_with_no_correct"]) / cases, 6) if cases else None}
+    for model, entry in paths.EVAL.items():
+        m = read(entry["metrics"])
+        out |= {f"{model}.train_exact": m["train_exact"], f"{model}.original": m["overall"]["original"],
+                f"{model}.poisoned": m["overall"]["poisoned"], f"{model}.gap": m["overall"]["gap"]}
+    return out
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+
+
+def experiment_reader(name: str) -> Callable[[str], dict]:
+    """Reads files from the commit of experiment `name` of the current commit (DVC keeps it under refs/exps)."""
+    head = _git("rev-parse", "HEAD").strip()
+    ref = f"refs/exps/{head[:2]}/{head[2:]}/{name}"
+    if not _git("for-each-ref", ref).strip():
+        raise InputError(ref, f"no experiment {name!r} on this commit: run python -m lawshift.seeds")
+
+    def read(path: str) -> dict:
+        return json.loads(_git("show", f"{ref}:{path}"))
+
+    return read
+
+
+def run_experiments(seeds: Sequence[int]) -> None:
+    names = [f"seed-{s}" for s in seeds]
+    subprocess.run(["dvc", "exp", "remove", *names], capture_output=True)  # replace earlier runs of these seeds
+    for seed, name in zip(seeds, names, strict=True):
+        subprocess.run(["dvc", "exp", "run", "--queue", "-S", f"seed={seed}", "-n", name], check=True)
+    subprocess.run(["dvc", "exp", "run", "--run-all", "-j", "1"], check=True)
+
+
+def collect(seeds: Sequence[int]) -> dict:
+    """The figures of the workspace's seed and of each experiment seed-<s>."""
+    workspace = load_params().seed
+    runs = {str(workspace): figures(files.read_json)}
+    for seed in seeds:
+        runs[str(seed)] = figures(experiment_reader(f"seed-{seed}"))
+    return {"default_seed": workspace, "seeds": runs}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m lawshift.seeds", description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="seeds besides the workspace's")
+    ap.add_argument("--collect", action="store_true", help="only read the experiments already run")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if load_params().seed in args.seeds:
+        raise InputError("params.yaml", "the workspace's seed is counted already: leave it out of --seeds",
+                         field="seed")
+    if not args.collect:
+        run_experiments(args.seeds)
+    result = collect(args.seeds)
+    files.write_json(OUT, result)
+    print(f"seeds: {len(result['seeds'])} runs -> {OUT}")
+
+
+if __name__ == "__main__":
+    files.run_stage(main)
