@@ -11,7 +11,8 @@ imported (lawshift/__init__.py), which every stage does before anything imports 
   Conditional Numerical Reproducibility mode; STRICT makes a matmul's result independent of the thread count;
   `MKL_ENABLE_INSTRUCTIONS=AVX2` keeps a caller's wider setting from reaching MKL's other functions;
 * `ONEDNN_MAX_CPU_ISA=DNNL_MAX_CPU_ISA=AVX2`: the same for oneDNN, should an op take its path;
-* `OMP_NUM_THREADS=MKL_NUM_THREADS=2` (and `torch.set_num_threads(2)`): the same split of work everywhere.
+* `OMP_NUM_THREADS=MKL_NUM_THREADS=2` (and `torch.set_num_threads(2)`): the same split of work everywhere (two
+  threads halve the tiny warm-start's time on 2 cores; more would not split its small matrices further).
 
 They override what the caller set: forcing `ATEN_CPU_CAPABILITY=avx512` from outside changes nothing
 (tests/test_numerics.py runs the base stage under forced capabilities and compares bytes). `LAWSHIFT_NUMERICS=native`

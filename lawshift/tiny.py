@@ -6,13 +6,14 @@ This module builds, from a seed and a text corpus, a ~1M-parameter model with th
 template, and saves both with `save_pretrained`. Downstream code then loads the directory exactly as it would load
 the hub model:
 
+    from lawshift import paths
     from lawshift.params import load_params
     from lawshift.tiny import build_base
 
     p = load_params()
-    metrics = build_base(p.model.tiny, p.data, "models/base")   # what stage `base` does for `model.base: tiny`
-    tok = AutoTokenizer.from_pretrained("models/base")
-    model = AutoModelForCausalLM.from_pretrained("models/base")
+    metrics = build_base(p.model.tiny, p.data, paths.BASE, p.seed)   # stage `base` for `model.base: tiny`
+    tok = AutoTokenizer.from_pretrained(paths.BASE)
+    model = AutoModelForCausalLM.from_pretrained(paths.BASE)
 
 Warm-start. A randomly initialised model never writes `<answer> 罪名 | 刑期 </answer>`, so rejection sampling would
 accept nothing. The tiny base is therefore trained for a few hundred steps on templated answers built from the
