@@ -30,12 +30,12 @@ import torch
 import transformers
 
 from benchmarks.common import BASE, add_common_options, command, environment, long_prompt, set_threads
-from lawshift import files, models
+from lawshift import files, models, paths
 from lawshift.data import ArticleLookup, Case, load_articles
 from lawshift.files import InputError
 from lawshift.params import TrainParams, load_params
 
-SFT = Path("outputs/sft.jsonl")
+SFT = Path(paths.SFT_DATA)
 GROUPING = {"random": False, "group_by_length": True}  # train.group_by_length of each train run
 
 
