@@ -6,8 +6,8 @@
   small sizes, a LawShift root with the first records of the real files, models/base; optionally dvc.yaml, the
   stage scripts and git, for `dvc repro`.
 
-Every test that runs a subprocess, a stage or a training loop is marked `slow`: `pytest -m "not slow"` is the quick
-loop while editing.
+Every test that runs a subprocess, a stage or a training loop is marked `slow` (those that use the tiny model too, by
+the hook below: it is warm-started by a training loop): `pytest -m "not slow"` is the quick loop while editing.
 """
 
 from __future__ import annotations
@@ -108,6 +108,14 @@ def run(cmd: list[str], cwd: Path, timeout: int = 900) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """A test that needs the tiny model needs its warm-start, a training loop (half a minute on 2 cores): slow,
+    like the tests that run a stage or a subprocess."""
+    for item in items:
+        if "tiny_base" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @dataclass
