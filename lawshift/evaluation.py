@@ -287,7 +287,9 @@ def prompts(p: Params, tokenizer, config) -> tuple[list[EvalItem], list[int], in
 
 
 def run_settings(p: Params, items: Sequence[EvalItem], base: str, adapter: str | None) -> dict:
-    """Everything that decides the predictions, the code and the label table included: the journal's header."""
+    """Everything that decides the predictions, the code and the label table included: the journal's header.
+    `base` is models/base (for a hub model its pointer, which holds every file's sha256), not the folder it points
+    to, so the weights are not hashed again."""
     return {"code": code_digest("eval"), "labels": files.file_digest(LABELS), "eval": to_dict(p.eval), "seed": p.seed,
             "prompts": files.json_digest([[it.id, it.prompt] for it in items]), "base": files.model_digest(base),
             "adapter": adapter and files.model_digest(adapter)}
@@ -311,7 +313,7 @@ def run(p: Params, name: str) -> Evaluation:
         model = model.merge_and_unload()  # plain weights generate faster than base + LoRA on every step
     k = e.num_samples if e.temperature > 0 else 1  # greedy answers are all the same: one is enough
     settings = GenerationSettings(n=k, temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens)
-    partial = PartialLog(paths.EVAL[name]["predictions"] + ".partial", run_settings(p, items, base, adapter))
+    partial = PartialLog(paths.EVAL[name]["predictions"] + ".partial", run_settings(p, items, paths.BASE, adapter))
     records = list(generate_records(HFBackend(model, tokenizer, device), batches(items, lengths, e.batch_size),
                                     settings, p.seed, e.term_low, e.term_high, partial))
     order = {it.id: i for i, it in enumerate(items)}

@@ -170,12 +170,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     p = load_params(args.params)
     training_set = Path(p.data.root) / "training_set.json"
-    paths_ = args.shards or shard_files(OUT)
-    tally = merge(paths_, training_cases(p.data.root), training_set, OUT)
+    shard_paths = args.shards or shard_files(OUT)
+    tally = merge(shard_paths, training_cases(p.data.root), training_set, OUT)
 
     def per_shard(template: str) -> list[dict | None]:
         found = []
-        for path in paths_:
+        for path in shard_paths:
             i, n = shard_number(path)
             file = sampling.output_path(SampleParams(shard_index=i, num_shards=n), template)
             found.append(files.read_json(file) if file.is_file() else None)
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     info = merged_run_info(per_shard(paths.TIME["sample"]))
     if info:
         files.write_json(paths.TIME["sample"], info)
-    print(f"merge: {len(paths_)} shards, {tally.cases} cases -> {OUT}; {metrics} ({info})")
+    print(f"merge: {len(shard_paths)} shards, {tally.cases} cases -> {OUT}; {metrics} ({info})")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lawshift import numerics
-from lawshift.files import InputError, read_json
+from lawshift.files import InputError, atomic_path, file_digest, read_json
 from lawshift.params import param_error
 
 POINTER = "base.json"
@@ -183,8 +183,6 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
 
 def file_hashes(folder: str | Path) -> dict[str, str]:
     """sha256 of every file below a model folder (weights, tokenizer, config), by relative path."""
-    from lawshift.files import file_digest
-
     folder = Path(folder)
     return {p.relative_to(folder).as_posix(): file_digest(p) for p in sorted(folder.rglob("*")) if p.is_file()
             and not p.relative_to(folder).as_posix().startswith(".")}
@@ -194,8 +192,6 @@ def settle_pointer(mp, out_dir: str | Path) -> dict:
     """Stage `base` for a hub id or local path (`mp`: the model params): resolve a hub id to its commit in the
     local cache, check the model loads safely, then write the pointer (name, commit, every file's sha256)
     atomically. Returns the base metrics."""
-    from lawshift.files import atomic_path
-
     local = Path(mp.base).exists()
     check_local_model(mp.base, mp.allow_pickle)  # a missing local-looking path fails here; a hub id passes
     folder = Path(mp.base) if local else hub_snapshot(mp.base, mp.revision)

@@ -311,7 +311,9 @@ def run(p: Params) -> tuple[dict, dict]:
     needed = max(lengths) + sp.max_new_tokens
     # Before loading the weights: the longest prompt plus a full answer must fit the model's context.
     models.check_context(models.load_config(base, p.model.trust_remote_code), needed, "sample.max_new_tokens")
-    settings = run_settings(sp, base, train_file, p.data.train_articles, prompts, p.seed)
+    # models/base itself, not the folder it points to: for a hub model its pointer holds every file's sha256,
+    # already checked by resolve_base, so the weights are not hashed a second time.
+    settings = run_settings(sp, paths.BASE, train_file, p.data.train_articles, prompts, p.seed)
     indices, prompts = longest_first(indices, prompts, lengths)
     device = models.pick_device(sp.device) if sp.backend == "hf" else "cuda"
     backend = make_backend(sp, base, device, trust_remote_code=p.model.trust_remote_code,
