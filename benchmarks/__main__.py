@@ -4,6 +4,7 @@
     python -m benchmarks sampling --cases 16 --n 8 --max-new-tokens 256 --threads 2
     python -m benchmarks train                       # defaults: params.yaml's train.* on outputs/sft.jsonl
     python -m benchmarks train --epochs 1 --threads 2
+    python -m benchmarks gpu_smoke                   # the pipeline on a CUDA machine (benchmarks/gpu_smoke.py)
 
 Run from the repository root. `sampling` (benchmarks/sampling.py) times the reference's per-case generate loop,
 batched generate and the project's sampler; `train` (benchmarks/train.py) times the train stage with random and
@@ -17,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from benchmarks import sampling, train
+from benchmarks import gpu_smoke, sampling, train
 from benchmarks.common import PROG, write_entry
 from lawshift import files
 
@@ -27,12 +28,15 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="bench", required=True)
     sampling.add_parser(sub)
     train.add_parser(sub)
+    gpu_smoke.add_parser(sub)
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    if getattr(args, "standalone", False):  # gpu_smoke: its own output and exit status, no metrics/bench.json entry
+        sys.exit(args.run(args))
     args.argv = argv
     result = args.run(args)
     write_entry(args.out, args.bench, result)

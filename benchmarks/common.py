@@ -16,7 +16,7 @@ import transformers
 from lawshift import files, paths
 from lawshift.data import Case
 from lawshift.files import InputError
-from lawshift.prompts import build_messages, render_prompt
+from lawshift.prompts import Prompt, render_prompt
 
 BASE = Path(paths.BASE)
 OUT = Path("metrics/bench.json")
@@ -56,18 +56,19 @@ def write_entry(path: Path, name: str, entry: dict) -> None:
     files.write_json(path, {**current, name: entry})
 
 
-def long_prompt(tokenizer, case: Case, articles: dict[str, str], own: list[tuple[str, str]], target: int) -> str:
+def long_prompt(tokenizer, prompt: Prompt, case: Case, articles: dict[str, str], own: list[tuple[str, str]],
+                target: int) -> str:
     """The case's prompt with further articles until it holds at least `target` tokens: its own articles first,
     then those that follow its first article in the articles file (the neighbouring provisions), in file order."""
     ids = list(articles)
     start = ids.index(own[0][0]) + 1 if own and own[0][0] in articles else 0
     chosen, seen = list(own), {a for a, _ in own}
     for k in range(len(ids)):
-        prompt = render_prompt(tokenizer, build_messages(case.fact, chosen))
-        if len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) >= target:
-            return prompt
+        text = render_prompt(tokenizer, prompt.messages(case.fact, chosen))
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= target:
+            return text
         art = ids[(start + k) % len(ids)]
         if art not in seen:
             chosen.append((art, articles[art]))
             seen.add(art)
-    return render_prompt(tokenizer, build_messages(case.fact, chosen))
+    return render_prompt(tokenizer, prompt.messages(case.fact, chosen))

@@ -36,8 +36,9 @@ from benchmarks.common import BASE, add_common_options, command, environment, lo
 from lawshift import models, sampling
 from lawshift.data import ArticleLookup, Case, load_articles, training_cases
 from lawshift.files import InputError
-from lawshift.generation import GenerationSettings, HFBackend
+from lawshift.generation import GenerationSettings, HFBackend, stream_seed
 from lawshift.params import SampleParams, load_params
+from lawshift.prompts import load_prompt
 
 METHODS = ("per_case_generate", "batched_generate", "sampler")
 
@@ -115,7 +116,7 @@ def per_case_loop(backend: HFBackend, prompts: Sequence[str], indices: Sequence[
     """The reference's loop: one `generate(num_return_sequences=N)` call per case. Returns generated tokens."""
     tokens = 0
     for i, prompt in zip(indices, tqdm(prompts, desc="per-case generate", unit="case", leave=False), strict=True):
-        (result,) = backend.generate([prompt], gen, sampling.batch_seed(seed, i))
+        (result,) = backend.generate([prompt], gen, [stream_seed(seed, i)])
         tokens += sum(c.num_tokens for c in result.completions)
     return tokens
 
@@ -142,7 +143,7 @@ def compare(model, tokenizer, device: torch.device, cases: Sequence[Case], promp
     gen = GenerationSettings(sp.num_samples, sp.temperature, sp.top_p, sp.max_new_tokens)
     plain, shared = HFBackend(model, tokenizer, device, shared_prefill=False), HFBackend(model, tokenizer, device)
     for backend in (plain, shared):  # first calls pay one-off set-up costs: keep them out of the timings
-        backend.generate(prompts[:1], replace(gen, max_new_tokens=2), seed=0)
+        backend.generate(prompts[:1], replace(gen, max_new_tokens=2), [0])
     order, ordered = sampling.longest_first(indices, prompts, token_counts(tokenizer, prompts))
     job = sampling.Job(cases, order, ordered, settings, seed)
     lengths = token_counts(tokenizer, prompts)
@@ -181,11 +182,12 @@ def sampling_bench(args: argparse.Namespace) -> dict:
     articles = load_articles(p.data.train_articles)
     lookup = ArticleLookup(articles, p.data.train_articles, p.data.strict_articles)
     indices = list(range(len(cases)))
-    real = sampling.build_prompts(cases, indices, lookup, tokenizer, train_file)
+    judge = load_prompt(sp.prompt)
+    real = sampling.build_prompts(cases, indices, lookup, tokenizer, train_file, judge)
     variants = {"real_prompt": (real, sp)}
     if args.long_prompt_tokens:
         models.check_context(model.config, args.long_prompt_tokens + 64 + sp.max_new_tokens, "--long-prompt-tokens")
-        long = [long_prompt(tokenizer, c, articles, lookup.for_case(c, i, train_file), args.long_prompt_tokens)
+        long = [long_prompt(tokenizer, judge, c, articles, lookup.for_case(c, i, train_file), args.long_prompt_tokens)
                 for i, c in enumerate(cases)]
         variants["long_prompt"] = (long, sp)
         if args.short_answer_tokens:

@@ -34,6 +34,7 @@ from lawshift import files, models, paths
 from lawshift.data import ArticleLookup, Case, load_articles
 from lawshift.files import InputError
 from lawshift.params import TrainParams, load_params
+from lawshift.prompts import Prompt, load_prompt
 
 SFT = Path(paths.SFT_DATA)
 GROUPING = {"random": False, "group_by_length": True}  # train.group_by_length of each train run
@@ -104,7 +105,7 @@ def compare_grouping(base: str, sft_path: Path, tp: TrainParams, warm_up: bool =
             "padded_tokens_saved": rnd["padded_tokens"] - grp["padded_tokens"]}
 
 
-def mixed_length_sft(src: Path, dst: Path, tokenizer, articles_path: str, target: int) -> Path:
+def mixed_length_sft(src: Path, dst: Path, tokenizer, prompt: Prompt, articles_path: str, target: int) -> Path:
     """`src`'s records with every other prompt lengthened to `target` tokens by further articles (`long_prompt`)."""
     articles = load_articles(articles_path)
     lookup = ArticleLookup(articles, articles_path)
@@ -116,7 +117,8 @@ def mixed_length_sft(src: Path, dst: Path, tokenizer, articles_path: str, target
             except (KeyError, TypeError) as err:
                 raise InputError(src, f"record needs fact, relevant_articles, charge and prison_time ({err})",
                                  line=line) from None
-            rec = {**rec, "prompt": long_prompt(tokenizer, case, articles, lookup.for_case(case, k, src), target)}
+            own = lookup.for_case(case, k, src)
+            rec = {**rec, "prompt": long_prompt(tokenizer, prompt, case, articles, own, target)}
         records.append(rec)
     files.write_jsonl(dst, records)
     return dst
@@ -136,7 +138,8 @@ def train_bench(args: argparse.Namespace) -> dict:
         if args.mixed_prompt_tokens:
             tokenizer = models.load_tokenizer(base, p.model.trust_remote_code)
             data["mixed_lengths"] = mixed_length_sft(args.sft, Path(tmp) / "sft.jsonl", tokenizer,
-                                                     p.data.train_articles, args.mixed_prompt_tokens)
+                                                     load_prompt(p.sample.prompt), p.data.train_articles,
+                                                     args.mixed_prompt_tokens)
         for k, (name, path) in enumerate(data.items()):
             print(f"bench train: {name} data", file=sys.stderr)
             variants[name] = compare_grouping(base, path, tp, warm_up=args.warm_up and k == 0, **load)

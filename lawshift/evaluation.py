@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +28,10 @@ from lawshift.answers import NO_VIOLATION, Answer, gold_term, normalize_charge, 
 from lawshift.codedeps import code_digest
 from lawshift.data import LABELS, SPLITS, ArticleLookup, Case, Folder, discover_folders, load_articles, training_cases
 from lawshift.files import InputError
-from lawshift.generation import Backend, GenerationSettings, HFBackend
+from lawshift.generation import Backend, GenerationSettings, call_size, make_backend, stream_seed
 from lawshift.journal import Journal
 from lawshift.params import Params, to_dict
-from lawshift.prompts import build_messages, render_prompt
+from lawshift.prompts import Prompt, load_prompt, render_prompt
 from lawshift.scoring import is_correct, lawshift_success, term_error
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class EvalItem:
     prompt: str
 
 
-def build_items(folders: Sequence[Folder], tokenizer, show_old_statute: bool = False,
+def build_items(folders: Sequence[Folder], tokenizer, prompt: Prompt, show_old_statute: bool = False,
                 strict_articles: bool = False) -> tuple[list[EvalItem], int]:
     """Prompts for every case of both splits of each folder, each split with its own articles file; also the
     number of cited article ids the articles files lack (an error instead when `strict_articles`)."""
@@ -67,8 +67,8 @@ def build_items(folders: Sequence[Folder], tokenizer, show_old_statute: bool = F
                 old = None
                 if split == "poisoned" and show_old_statute:
                     old = lookups["original"].for_case(case, i, source)
-                prompt = render_prompt(tokenizer, build_messages(case.fact, articles, old_articles=old))
-                items.append(EvalItem(f"{folder.name}/{split}/{i}", folder.name, folder.label, split, i, case, prompt))
+                text = render_prompt(tokenizer, prompt.messages(case.fact, articles, old_articles=old))
+                items.append(EvalItem(f"{folder.name}/{split}/{i}", folder.name, folder.label, split, i, case, text))
         missing += sum(lookup.missing for lookup in lookups.values())
     return items, missing
 
@@ -80,7 +80,7 @@ def train_subset_indices(num_cases: int, size: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(num_cases), min(size, num_cases)))
 
 
-def train_items(root: str | Path, articles_path: str | Path, size: int, seed: int, tokenizer,
+def train_items(root: str | Path, articles_path: str | Path, size: int, seed: int, tokenizer, prompt: Prompt,
                 strict_articles: bool = False) -> tuple[list[EvalItem], int]:
     """Training-case prompts built as the sample stage builds them (data.train_articles), and the number of
     article ids missing from that file."""
@@ -92,8 +92,8 @@ def train_items(root: str | Path, articles_path: str | Path, size: int, seed: in
     items = []
     for i in train_subset_indices(len(cases), size, seed):
         case = cases[i]
-        prompt = render_prompt(tokenizer, build_messages(case.fact, lookup.for_case(case, i, source)))
-        items.append(EvalItem(f"{TRAIN}/{i}", None, None, TRAIN, i, case, prompt))
+        text = render_prompt(tokenizer, prompt.messages(case.fact, lookup.for_case(case, i, source)))
+        items.append(EvalItem(f"{TRAIN}/{i}", None, None, TRAIN, i, case, text))
     return items, lookup.missing
 
 
@@ -169,14 +169,21 @@ def _split_summary(records: list[dict]) -> dict:
     original, poisoned = _rate(by_split["original"].values()), _rate(by_split["poisoned"].values())
     gap = round(original - poisoned, 6) if original is not None and poisoned is not None else None
     return {"original": original, "poisoned": poisoned, "gap": gap,
-            "format_valid": _rate(r["parse"] is not None for r in records)}
+            "format_valid": _rate(r["parse"] is not None for r in records), "truncated": _truncated(records)}
+
+
+def _truncated(records: Iterable[dict]) -> float | None:
+    """Share of answers cut at eval.max_new_tokens rather than ended by the model; None where the records do not
+    say (a re-scored published log)."""
+    return _rate(not r["finished"] for r in records if "finished" in r)
 
 
 def compute_metrics(records: Sequence[dict]) -> dict:
     """The eval metrics from prediction records (see `score_answer`); fractions in [0, 1], case-weighted.
 
     Each prompt counts once: its k answers are averaged first. `format_valid` is the share of all LawShift
-    answers that parse. A figure with no cases to measure is None.
+    answers that parse. A figure with no cases to measure is None. `truncated` is the share of answers that
+    stopped at the length limit (scored as they stand, as LawShift scores them).
     """
     bench = [r for r in records if r["split"] in SPLITS]
     labels = sorted({r["label"] for r in bench})
@@ -198,7 +205,7 @@ def compute_metrics(records: Sequence[dict]) -> dict:
     return {"overall": _split_summary(bench), "by_label": by_label, "folders": folders,
             "charge_accuracy": _rate(_per_prompt(original, "charge_correct").values()),
             "term_exact_accuracy": _rate(_per_prompt(original, "term_exact").values()),
-            "train_exact": _rate(_per_prompt(train, "success").values())}
+            "train_exact": _rate(_per_prompt(train, "success").values()), "train_truncated": _truncated(train)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -238,17 +245,23 @@ def batches(items: Sequence[EvalItem], lengths: Sequence[int], batch_size: int) 
     return [[items[i] for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
 
 
-def generate_records(backend: Backend, groups: list[list[EvalItem]], settings: GenerationSettings, seed: int,
-                     low: int, high: int, partial: PartialLog | None = None) -> Iterator[dict]:
-    """Generate and score every batch, yielding records in batch order. Batch b is seeded with seed + b, so a
-    resumed run draws the same samples as an uninterrupted one."""
+def item_seeds(items: Sequence[EvalItem], seed: int) -> dict[str, int]:
+    """Each prompt's first random stream, from (seed, its position in the evaluation): its k answers do not depend
+    on the batch or chunk it falls in, and a resumed run draws the same ones."""
+    return {it.id: stream_seed(seed, k) for k, it in enumerate(items)}
+
+
+def generate_records(backend: Backend, groups: list[list[EvalItem]], settings: GenerationSettings,
+                     seeds: Mapping[str, int], low: int, high: int,
+                     partial: PartialLog | None = None) -> Iterator[dict]:
+    """Generate and score every group, yielding records in group order; `seeds` maps an item id to its stream."""
     done = partial.load() if partial else {}
     total = sum(len(g) for g in groups)
     resumed = sum(len(g) for b, g in enumerate(groups) if b in done)
     with tqdm(total=total, initial=resumed, desc="eval cases", unit="case") as bar:
         for b, group in enumerate(groups):
             if b not in done:
-                results = backend.generate([it.prompt for it in group], settings, seed + b)
+                results = backend.generate([it.prompt for it in group], settings, [seeds[it.id] for it in group])
                 recs = [score_answer(it, c.text, j, low, high) | {"finished": c.finished, "num_tokens": c.num_tokens}
                         for it, res in zip(group, results, strict=True) for j, c in enumerate(res.completions)]
                 if partial:
@@ -277,8 +290,9 @@ def prompts(p: Params, tokenizer, config) -> tuple[list[EvalItem], list[int], in
     folders = discover_folders(p.data.root, e.folders or None)
     if not folders:
         raise InputError(p.data.root, "no LawShift folders here (names as in lawshift/labels.json)", field="data.root")
-    items, missing = build_items(folders, tokenizer, e.show_old_statute, p.data.strict_articles)
-    train, train_missing = train_items(p.data.root, p.data.train_articles, e.train_subset, p.seed, tokenizer,
+    prompt = load_prompt(e.prompt)
+    items, missing = build_items(folders, tokenizer, prompt, e.show_old_statute, p.data.strict_articles)
+    train, train_missing = train_items(p.data.root, p.data.train_articles, e.train_subset, p.seed, tokenizer, prompt,
                                        p.data.strict_articles)
     items += train
     lengths = [len(ids) for ids in tokenizer([it.prompt for it in items], add_special_tokens=False)["input_ids"]]
@@ -296,7 +310,7 @@ def run_settings(p: Params, items: Sequence[EvalItem], base: str, adapter: str |
 
 
 def run(p: Params, name: str) -> Evaluation:
-    """Evaluate model `name` (a key of paths.EVAL: the base, or the base with an adapter merged in), resuming an
+    """Evaluate model `name` (a key of paths.EVAL: the base, or the base with its adapter), resuming an
     interrupted run from its partial predictions journal."""
     if name not in paths.EVAL:
         raise InputError("dvc.yaml", f"unknown model {name!r}; expected one of {sorted(paths.EVAL)}",
@@ -306,16 +320,17 @@ def run(p: Params, name: str) -> Evaluation:
     # Tokenizer and config only: the prompts are built and checked against the context before any weights load.
     tokenizer = models.load_tokenizer(base, p.model.trust_remote_code)
     items, lengths, missing = prompts(p, tokenizer, models.load_config(base, p.model.trust_remote_code))
-    device = models.pick_device(e.device)
-    model = models.load_model(base, device=device, trust_remote_code=p.model.trust_remote_code,
-                              allow_pickle=p.model.allow_pickle, adapter=adapter)
-    if adapter:
-        model = model.merge_and_unload()  # plain weights generate faster than base + LoRA on every step
+    backend = make_backend(e.backend, base, device=e.device, seed=p.seed, adapter=adapter,
+                                  max_model_len=max(lengths) + e.max_new_tokens,
+                                  trust_remote_code=p.model.trust_remote_code, allow_pickle=p.model.allow_pickle,
+                                  tensor_parallel_size=e.tensor_parallel_size,
+                                  gpu_memory_utilization=e.gpu_memory_utilization)
     k = e.num_samples if e.temperature > 0 else 1  # greedy answers are all the same: one is enough
     settings = GenerationSettings(n=k, temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens)
     partial = PartialLog(paths.EVAL[name]["predictions"] + ".partial", run_settings(p, items, paths.BASE, adapter))
-    records = list(generate_records(HFBackend(model, tokenizer, device), batches(items, lengths, e.batch_size),
-                                    settings, p.seed, e.term_low, e.term_high, partial))
+    groups = batches(items, lengths, call_size(e.backend, e.batch_size, e.chunk_size, len(items)))
+    records = list(generate_records(backend, groups, settings, item_seeds(items, p.seed), e.term_low, e.term_high,
+                                    partial))
     order = {it.id: i for i, it in enumerate(items)}
     records.sort(key=lambda r: (order[r["id"]], r["sample"]))  # file order, not batch order
     partial.journal.close()

@@ -2,8 +2,11 @@
 
 The `filter` stage (`stages/filter.py`, normally `dvc repro filter`) re-parses every sampled answer with
 `lawshift.answers.parse_answer` (so a parser change reruns only filter -> train -> eval, never sampling) and
-accepts it when `lawshift.scoring.is_correct` holds: right verdict, charge and term, the term within
-`filter.term_tolerance` months; a life or death gold term needs the answer `XT`.
+accepts it when it is finished and `lawshift.scoring.is_correct` holds: right verdict, charge and term, the term
+within `filter.term_tolerance` months; a life or death gold term needs the answer `XT`. An answer cut at
+`sample.max_new_tokens` (`finished: false`) is never accepted, whatever it holds: training on it would teach the
+model to run on past its answer. Such answers are counted (`truncated`, and `truncated_correct` for those that
+would otherwise have passed).
 
 Per case, in the order sampled:
 
@@ -19,7 +22,8 @@ Outputs: `outputs/sft.jsonl`, one accepted answer per line
 
 `metrics/filter.json`: the reference statistics, which count accepted answers before deduplication as the
 reference did (`total_accepted`, `acceptance_rate`, `avg_correct_per_sample`; identical to the reference's with
-`dedup: false`), plus `sft_examples` (lines written), `duplicates_removed` and `format_error_rate`.
+`dedup: false` when no answer is truncated), plus `sft_examples` (lines written), `duplicates_removed`,
+`format_error_rate`, `truncated` and `truncated_correct`.
 `plots/filter_accepted.csv` (`accepted,cases`): how many cases have 0..N accepted answers.
 """
 
@@ -53,6 +57,7 @@ class SampledCase:
     case: Case
     prompt: str
     answers: tuple[str, ...]
+    finished: tuple[bool, ...]  # per answer: ended by the model (eos), not cut at max_new_tokens
 
 
 def read_sampled_case(rec: object, path: str | Path, index: int) -> SampledCase:
@@ -67,14 +72,20 @@ def read_sampled_case(rec: object, path: str | Path, index: int) -> SampledCase:
     for j, a in enumerate(answers):
         if not isinstance(a, dict) or not isinstance(a.get("text"), str):
             raise InputError(path, "must be an object with a string 'text'", index, f"answers[{j}]")
-    return SampledCase(rec["case_id"], case, rec["prompt"], tuple(a["text"] for a in answers))
+        if not isinstance(a.get("finished"), bool):
+            raise InputError(path, "missing" if "finished" not in a else "must be true or false", index,
+                             f"answers[{j}].finished")
+    return SampledCase(rec["case_id"], case, rec["prompt"], tuple(a["text"] for a in answers),
+                       tuple(a["finished"] for a in answers))
 
 
 @dataclass
 class CaseOutcome:
     generated: int  # answers sampled
     format_errors: int  # answers parse_answer could not read
-    accepted: int  # answers that pass is_correct, duplicates included
+    truncated: int  # answers cut at the length limit: never accepted
+    truncated_correct: int  # of those, the ones is_correct would have passed
+    accepted: int  # finished answers that pass is_correct, duplicates included
     duplicates: int  # accepted answers dropped as repeats
     kept: int  # n: the distinct accepted answers, one outputs/sft.jsonl line each
     records: list[dict] = field(default_factory=list)  # those lines (dropped once written, see `run`)
@@ -83,8 +94,9 @@ class CaseOutcome:
 def filter_case(sampled: SampledCase, fp: FilterParams) -> CaseOutcome:
     """Accept, deduplicate and weight the answers of one case (`fp`: the filter params, validated on load)."""
     parses = [parse_answer(text) for text in sampled.answers]
-    accepted = [text for text, ans in zip(sampled.answers, parses, strict=True)
-                if is_correct(ans, sampled.case, fp.term_tolerance)]
+    correct = [is_correct(ans, sampled.case, fp.term_tolerance) for ans in parses]
+    accepted = [text for text, ok, done in zip(sampled.answers, correct, sampled.finished, strict=True) if ok and done]
+    truncated = [ok for ok, done in zip(correct, sampled.finished, strict=True) if not done]
     kept, seen = [], set()
     for text in accepted:
         key = normalize_whitespace(text)
@@ -96,7 +108,8 @@ def filter_case(sampled: SampledCase, fp: FilterParams) -> CaseOutcome:
     weight = 1.0 / n if fp.weighting == "inverse_n" and n else 1.0
     base = {"case_id": sampled.case_id, **sampled.case.to_dict(), "prompt": sampled.prompt}
     records = [{**base, "response": text, "num_correct_for_this_sample": n, "weight": weight} for text in kept]
-    return CaseOutcome(len(parses), sum(a is None for a in parses), len(accepted), len(accepted) - n, n, records)
+    return CaseOutcome(len(parses), sum(a is None for a in parses), len(truncated), sum(truncated), len(accepted),
+                       len(accepted) - n, n, records)
 
 
 def summarise(outcomes: Iterable[CaseOutcome]) -> dict:
@@ -118,6 +131,8 @@ def summarise(outcomes: Iterable[CaseOutcome]) -> dict:
         "duplicates_removed": sum(o.duplicates for o in outcomes),
         "format_errors": errors,
         "format_error_rate": round(errors / generated, 6) if generated else 0.0,
+        "truncated": sum(o.truncated for o in outcomes),
+        "truncated_correct": sum(o.truncated_correct for o in outcomes),
     }
 
 

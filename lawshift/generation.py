@@ -4,22 +4,30 @@
 greedy, stopping at eos). A vLLM backend plugs in behind the same `Backend.generate` signature.
 
     backend = HFBackend(model, tokenizer, device)
-    outs = backend.generate(prompts, GenerationSettings(n=8, temperature=0.8, top_p=0.95, max_new_tokens=256), seed=0)
-    outs[i][j].text   # j-th answer to prompt i
+    settings = GenerationSettings(n=8, temperature=0.8, top_p=0.95, max_new_tokens=256)
+    outs = backend.generate(prompts, settings, [stream_seed(0, i) for i in range(len(prompts))])
+    outs[i].completions[j].text   # j-th answer to prompt i
 
-Shared prompt prefill (the default, `shared_prefill=True`, function `decode`): the N answers of a prompt share
-the prompt, so each prompt is run through the model once and its KV cache repeated for its N answers; then all
-answers of the batch are decoded together, token by token, with temperature + top-p sampling from one seeded
-`torch.Generator`. An answer that reaches eos leaves the batch (its rows are dropped from the cache), so finished
-answers cost nothing more. transformers' `generate(num_return_sequences=N)` instead prefills N copies of every
-prompt, keeps decoding finished rows until the batch's last answer ends, and sorts the whole vocabulary for top-p
-at every step (here only the few most likely tokens are ranked). Greedy decoding gives the same tokens as
-`generate`, and sampled tokens follow the same distribution (tests/test_generation.py). `shared_prefill=False`
-keeps the plain `generate` path: the baseline of `python -m benchmarks sampling`.
+Seeds: every prompt of a call comes with its own seed, the first of its answers' streams (`stream_seed`: answer j
+of case i draws from stream_seed(seed, i) + j). vLLM gives child j of an n-answer request the seed `seed + j`
+(vllm/v1/engine/parallel_sampling.py), and the HF backend draws a prompt's answers from one generator seeded with
+its seed; `stream_seed` spaces the cases so that neither scheme can give two (case, answer) pairs one stream, and a
+case's answers never depend on which other cases share its call, its batch size or its shard.
+
+Shared prompt prefill (the default, `shared_prefill=True`, function `decode`): the N answers of a prompt share the
+prompt, so each prompt is run through the model once and its KV cache repeated for its N answers; then all answers
+of the batch are decoded together, token by token, with temperature + top-p sampling, each prompt's answers drawing
+from that prompt's own seeded `torch.Generator`. An answer that reaches eos leaves the batch (its rows are dropped
+from the cache), so finished answers cost nothing more. transformers' `generate(num_return_sequences=N)` instead
+prefills N copies of every prompt, keeps decoding finished rows until the batch's last answer ends, and sorts the
+whole vocabulary for top-p at every step (here only the few most likely tokens are ranked). Greedy decoding gives
+the same tokens as `generate`, and sampled tokens follow the same distribution (tests/test_generation.py).
+`shared_prefill=False` keeps the plain `generate` path: the baseline of `python -m benchmarks sampling`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +36,31 @@ from typing import Protocol
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from lawshift import models
+
+# A run's streams fill the 32-bit seed space: 2**20 cases of 2**12 answers each. 32 bits, because torch's CPU
+# generator (Mersenne Twister) keeps only a seed's low 32 bits: wider seeds that differ above them draw alike.
+SEED_STRIDE = 1 << 12  # answers one case may draw: its streams are stream_seed(seed, i) + 0 .. SEED_STRIDE - 1
+MAX_CASES = 1 << 20  # case indices a run may have
+SEED_SPACE = 1 << 32
+
+
+def run_offset(seed: int) -> int:
+    """Where run `seed`'s streams start in the 32-bit space: a hash, so that nearby run seeds start far apart."""
+    return int.from_bytes(hashlib.sha256(f"lawshift-streams:{seed}".encode()).digest()[:4], "big")
+
+
+def stream_seed(seed: int, index: int) -> int:
+    """The first random stream of case `index` under run seed `seed`; its answer j draws from this + j.
+
+    Cases sit SEED_STRIDE streams apart from the run's offset, modulo 2**32, so for any j < SEED_STRIDE no two
+    (case, answer) pairs of one run share a stream under vLLM's child rule (seed + j), nor under the low 32 bits a
+    CPU generator reads. It depends on nothing else: batch size, chunking and sharding leave it unchanged.
+    """
+    if not 0 <= index < MAX_CASES:
+        raise ValueError(f"case index {index} outside [0, {MAX_CASES})")
+    return (run_offset(seed) + index * SEED_STRIDE) % SEED_SPACE
 
 
 @dataclass(frozen=True)
@@ -58,7 +91,9 @@ class PromptResult:
 class Backend(Protocol):
     name: str
 
-    def generate(self, prompts: list[str], settings: GenerationSettings, seed: int) -> list[PromptResult]: ...
+    def generate(self, prompts: list[str], settings: GenerationSettings, seeds: Sequence[int]) -> list[PromptResult]:
+        """N answers to each prompt; `seeds[i]` is prompt i's first stream (its answers use seeds[i] + j)."""
+        ...
 
 
 # transformers fills every generation knob a call leaves unset from the model's generation_config.json, and hub
@@ -81,17 +116,19 @@ class HFBackend:
         self.eos_ids = _eos_ids(model, tokenizer)
 
     @torch.inference_mode()
-    def generate(self, prompts: list[str], settings: GenerationSettings, seed: int) -> list[PromptResult]:
+    def generate(self, prompts: list[str], settings: GenerationSettings, seeds: Sequence[int]) -> list[PromptResult]:
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         tok = self.tokenizer
         tok.padding_side = "left"  # decoder-only: pad on the left so every prompt ends at the same position
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         n = 1 if settings.greedy else settings.n  # greedy answers are all the same: decode one, repeat it
         if self.shared_prefill:
-            new = decode(self.model, enc["input_ids"], enc["attention_mask"], settings, seed, self.eos_ids,
+            new = decode(self.model, enc["input_ids"], enc["attention_mask"], settings, seeds, self.eos_ids,
                          tok.pad_token_id)
         else:
-            new = self._plain_generate(enc, settings, seed)
+            new = self._plain_generate(enc, settings, seeds[0])
         results = []
         for i, plen in enumerate(prompt_lens):
             comps = [self._completion(new[i * n + j]) for j in range(n)]
@@ -99,7 +136,8 @@ class HFBackend:
         return results
 
     def _plain_generate(self, enc, settings: GenerationSettings, seed: int) -> torch.Tensor:
-        """transformers' `generate`: every prompt repeated n times, all rows decoded until the last one ends."""
+        """transformers' `generate`: every prompt repeated n times, all rows decoded until the last one ends; one
+        global seed for the call (the benchmarks' baseline, not the pipeline's path)."""
         torch.manual_seed(seed)
         n = 1 if settings.greedy else settings.n
         kwargs = dict(max_new_tokens=settings.max_new_tokens, eos_token_id=self.eos_ids,
@@ -121,6 +159,41 @@ class HFBackend:
                 break
         text = self.tokenizer.decode(ids[:length], skip_special_tokens=True)
         return Completion(text, length, finished)
+
+
+def call_size(backend: str, batch_size: int, chunk_size: int, count: int) -> int:
+    """Prompts per generate call out of `count`: one padded device batch for `hf`; for `vllm` a whole chunk (0: all
+    of them), which vLLM's scheduler and prefix cache handle better than many small calls."""
+    if backend == "vllm":
+        return chunk_size or max(count, 1)
+    return batch_size
+
+
+def make_backend(kind: str, base: str, *, device: str, seed: int, max_model_len: int, adapter: str | None = None,
+                 trust_remote_code: bool = False, allow_pickle: bool = False, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.9):
+    """The generation backend `kind` names (`hf` | `vllm`) over the resolved base model, `adapter` on top if given.
+
+    `hf` merges the adapter into the weights (plain weights decode faster than base + LoRA on every step); `vllm`
+    serves it unmerged through a LoRARequest (lawshift/vllm_backend.py says why). `max_model_len` is the longest
+    prompt plus a full answer: vLLM reserves its KV cache for that, not for the model's whole context.
+    """
+    if adapter is not None:
+        models.check_adapter(adapter)
+    if kind == "vllm":
+        from lawshift.vllm_backend import VLLMBackend
+
+        models.check_local_model(base, allow_pickle)
+        return VLLMBackend(base, tensor_parallel_size=tensor_parallel_size,
+                           gpu_memory_utilization=gpu_memory_utilization, seed=seed, adapter=adapter,
+                           max_model_len=max_model_len, trust_remote_code=trust_remote_code,
+                           allow_pickle=allow_pickle)
+    dev = models.pick_device(device)
+    model = models.load_model(base, device=dev, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                       adapter=adapter)
+    if adapter is not None:
+        model = model.merge_and_unload()
+    return HFBackend(model, models.load_tokenizer(base, trust_remote_code), dev)
 
 
 # --- shared prefill decoding ---------------------------------------------------------------------------------------
@@ -145,16 +218,34 @@ def top_p_candidates(probs: torch.Tensor, top_p: float, k: int = 16) -> tuple[to
     return top.masked_fill(above >= top_p, 0.0), ids
 
 
-def next_tokens(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of float32 `logits`: argmax when greedy, else temperature, top-p, then a draw."""
+def draw(weights: torch.Tensor, generators: Sequence[torch.Generator | None], owners: torch.Tensor) -> torch.Tensor:
+    """One index per row of `weights`, each row drawn with the generator of its prompt, `generators[owners[row]]`.
+    `owners` is sorted (rows are grouped by prompt), so each prompt's rows are one slice and one draw."""
+    if len(generators) == 1:
+        return torch.multinomial(weights, num_samples=1, generator=generators[0]).squeeze(1)
+    out = torch.empty(weights.shape[0], dtype=torch.long, device=weights.device)
+    prompts, counts = torch.unique_consecutive(owners, return_counts=True)
+    start = 0
+    for prompt, count in zip(prompts.tolist(), counts.tolist(), strict=True):
+        rows = slice(start, start + count)
+        out[rows] = torch.multinomial(weights[rows], num_samples=1, generator=generators[prompt]).squeeze(1)
+        start += count
+    return out
+
+
+def next_tokens(logits: torch.Tensor, settings: GenerationSettings, generators: Sequence[torch.Generator | None],
+                owners: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row of float32 `logits`: argmax when greedy, else temperature, top-p, then a draw from the
+    row's prompt's generator (`owners[row]` indexes `generators`; None: one generator for every row)."""
     if settings.greedy:
         return logits.argmax(dim=-1)
+    if owners is None:
+        owners = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     probs = (logits / settings.temperature).softmax(dim=-1)
     if settings.top_p >= 1:
-        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+        return draw(probs, generators, owners)
     weights, ids = top_p_candidates(probs, settings.top_p)
-    choice = torch.multinomial(weights, num_samples=1, generator=generator)
-    return ids.gather(1, choice).squeeze(1)
+    return ids.gather(1, draw(weights, generators, owners)[:, None]).squeeze(1)
 
 
 class GrowingLayer(DynamicLayer):
@@ -230,19 +321,20 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     """
     cache = DynamicCache(config=model.config)
     last_only = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}  # no logits for the prompt's body
+    kw = _cache_kwarg(model)
     full_attention = bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
     padded = not bool((attention_mask == 1).all())
     if not (full_attention and padded):
         positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
         out = model(input_ids=input_ids, attention_mask=attention_mask if padded else None, position_ids=positions,
-                    cache=cache, use_cache=True, **last_only)
+                    **{kw: cache}, use_cache=True, **last_only)
         if full_attention:
             cache.layers = [GrowingLayer(layer.keys, layer.values, room) for layer in cache.layers]
         return cache, out.logits[:, -1].float()
     total, logits, parts = input_ids.shape[1], [], []
     for i, length in enumerate(attention_mask.sum(dim=1).tolist()):
         part = DynamicCache(config=model.config)
-        out = model(input_ids=input_ids[i:i + 1, total - length:], cache=part, use_cache=True, **last_only)
+        out = model(input_ids=input_ids[i:i + 1, total - length:], **{kw: part}, use_cache=True, **last_only)
         logits.append(out.logits[:, -1].float())
         parts.append(part)
     cache.layers = [GrowingLayer.left_padded([part.layers[k] for part in parts], total, room)
@@ -250,18 +342,21 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return cache, torch.cat(logits)
 
 
-def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings, seed: int,
-           eos_ids: Sequence[int], pad_id: int, cache_room: int = 256) -> torch.Tensor:
+def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings,
+           seeds: Sequence[int], eos_ids: Sequence[int], pad_id: int, cache_room: int = 256) -> torch.Tensor:
     """New tokens for n answers to each left-padded prompt: shape (batch * n, max_new_tokens), row i * n + j the
     j-th answer to prompt i, eos kept, `pad_id` after it (n = 1 when greedy).
 
     The prompts are prefilled once; each prompt's KV cache is then repeated for its n answers. Rows whose answer
     has reached eos are dropped from the batch and the cache before the next step. The cache grows `cache_room`
-    tokens at a time.
+    tokens at a time. Prompt i's answers draw from one generator seeded with `seeds[i]`, so they do not depend on
+    the other prompts of the batch.
     """
     device = input_ids.device
     n = 1 if settings.greedy else settings.n
-    generator = None if settings.greedy else torch.Generator(device=device).manual_seed(seed)
+    if len(seeds) != input_ids.shape[0]:
+        raise ValueError(f"{len(seeds)} seeds for {input_ids.shape[0]} prompts")
+    generators = [None] if settings.greedy else [torch.Generator(device=device).manual_seed(s) for s in seeds]
     cache, logits = prefill(model, input_ids, attention_mask, room=min(settings.max_new_tokens, cache_room))
     mask = None if bool((attention_mask == 1).all()) else attention_mask
     if n > 1:
@@ -269,12 +364,13 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, setting
         logits = logits.repeat_interleave(n, dim=0)
         mask = None if mask is None else mask.repeat_interleave(n, dim=0)
     position = (attention_mask.sum(dim=1, keepdim=True) - 1).repeat_interleave(n, dim=0)
+    kw = _cache_kwarg(model)
 
     rows = torch.arange(logits.shape[0], device=device)  # which output row each batch row is
     new = torch.full((logits.shape[0], settings.max_new_tokens), pad_id, dtype=torch.long, device=device)
     eos = torch.tensor(list(eos_ids), device=device)
     for step in range(settings.max_new_tokens):
-        tokens = next_tokens(logits, settings, generator)
+        tokens = next_tokens(logits, settings, generators, rows // n)
         new[rows, step] = tokens
         if step + 1 == settings.max_new_tokens:
             break
@@ -289,16 +385,26 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, setting
         position = position + 1
         if mask is not None:
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position, cache=cache,
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position, **{kw: cache},
                     use_cache=True)
         logits = out.logits[:, -1].float()
         del out
     return new
 
 
+def _forward_params(model):
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model passes them on
+    return inspect.signature(inner.forward).parameters
+
+
 def _takes_logits_to_keep(model) -> bool:
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model passes it on
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return "logits_to_keep" in _forward_params(model)
+
+
+def _cache_kwarg(model) -> str:
+    """The forward argument that takes the KV cache: `cache` in newer transformers, `past_key_values` up to 5.20
+    (the GPU set's; later versions still take it, with a deprecation warning)."""
+    return "cache" if "cache" in _forward_params(model) else "past_key_values"
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

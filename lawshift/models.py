@@ -127,11 +127,15 @@ def load_model(name_or_path: str, *, device: torch.device, trust_remote_code: bo
     if adapter is not None:
         from peft import PeftModel
 
-        if not (Path(adapter) / "adapter_model.safetensors").is_file():
-            raise InputError(adapter, "no adapter_model.safetensors: run the train stage first")
+        check_adapter(adapter)
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
     return model
+
+
+def check_adapter(adapter: str | Path) -> None:
+    if not (Path(adapter) / "adapter_model.safetensors").is_file():
+        raise InputError(adapter, "no adapter_model.safetensors: run the train stage first")
 
 
 def context_size(config) -> int | None:

@@ -28,7 +28,7 @@ from lawshift.files import InputError, read_text
 
 PARAMS_FILE = "params.yaml"  # what every stage reads (DVC's default params file)
 SAMPLE_BACKENDS = ("hf", "vllm")
-EVAL_BACKENDS = ("hf",)
+EVAL_BACKENDS = ("hf", "vllm")
 WEIGHTINGS = ("inverse_n", "uniform")
 
 
@@ -39,6 +39,11 @@ def param_error(key: str, message: str) -> InputError:
 
 def _at_least(obj, low, *names) -> list[tuple[str, str]]:
     return [(n, f"must be >= {low}, got {getattr(obj, n)!r}") for n in names if getattr(obj, n) < low]
+
+
+def _memory_share(obj) -> list[tuple[str, str]]:
+    share = obj.gpu_memory_utilization
+    return [] if 0 < share <= 1 else [("gpu_memory_utilization", f"must be in (0, 1], got {share}")]
 
 
 @dataclass
@@ -92,11 +97,13 @@ class ModelParams:
 @dataclass
 class SampleParams:
     backend: str = "hf"  # hf | vllm
+    prompt: str = "prompts/judge.yaml"  # the judge prompt file (lawshift/prompts.py)
     num_samples: int = 8
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 2048
-    batch_size: int = 8  # cases per generate call
+    batch_size: int = 8  # hf: cases per generate call (one padded batch)
+    chunk_size: int = 1024  # vllm: cases per LLM.generate call, saved when it returns; 0 = the whole shard
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     shard_index: int = 0
     num_shards: int = 1
@@ -105,6 +112,7 @@ class SampleParams:
 
     def problems(self) -> list[tuple[str, str]]:
         out = _at_least(self, 1, "num_samples", "max_new_tokens", "batch_size", "num_shards", "tensor_parallel_size")
+        out += _at_least(self, 0, "chunk_size") + _memory_share(self)
         if self.backend not in SAMPLE_BACKENDS:
             out.append(("backend", f"unknown backend {self.backend!r}, expected one of {SAMPLE_BACKENDS}"))
         if self.temperature < 0:
@@ -163,6 +171,8 @@ class TrainParams:
 
 @dataclass
 class EvalParams:
+    backend: str = "hf"  # hf | vllm (the sft model: base + adapter through a LoRARequest)
+    prompt: str = "prompts/judge.yaml"  # the judge prompt file (lawshift/prompts.py)
     folders: list[str] = field(default_factory=list)  # empty = every folder with a known label type
     show_old_statute: bool = False  # poisoned prompts also show the original statute
     num_samples: int = 1  # >1 draws k sampled answers per case and averages success (LawShift used 3 at T=0.7)
@@ -174,10 +184,13 @@ class EvalParams:
     term_low: int = 36  # months: the protocol's 3-year threshold
     term_high: int = 120  # months: the protocol's 10-year threshold
     train_subset: int = 64  # training cases for the train-set exact-answer check
-    backend: str = "hf"
+    chunk_size: int = 1024  # vllm: prompts per LLM.generate call, saved when it returns; 0 = all of them
+    tensor_parallel_size: int = 1  # vllm
+    gpu_memory_utilization: float = 0.9  # vllm
 
     def problems(self) -> list[tuple[str, str]]:
-        out = _at_least(self, 1, "num_samples", "batch_size", "max_new_tokens") + _at_least(self, 0, "train_subset")
+        out = _at_least(self, 1, "num_samples", "batch_size", "max_new_tokens", "tensor_parallel_size")
+        out += _at_least(self, 0, "train_subset", "chunk_size") + _memory_share(self)
         if self.temperature < 0:
             out.append(("temperature", f"must be >= 0 (0 = greedy), got {self.temperature}"))
         if not 0 < self.top_p <= 1:

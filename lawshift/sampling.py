@@ -1,8 +1,11 @@
 """Rejection sampling, first half: N answers per training case from the base policy, saved so nothing is lost.
 
-The `sample` stage (`stages/sample.py`, normally `dvc repro sample`) renders one prompt per training case,
-sends `sample.batch_size` cases to the backend per call (never one case at a time), and appends one record per
-case to a JSONL file after every batch, flushed and fsynced. Acceptance is decided later by the `filter` stage, so
+The `sample` stage (`stages/sample.py`, normally `dvc repro sample`) renders one prompt per training case with the
+judge prompt file `sample.prompt`, sends a group of cases to the backend per call (never one case at a time) and
+appends one record per case to a JSONL file after every call, flushed and fsynced. A group is `sample.batch_size`
+cases with the `hf` backend (one padded batch on the device) and `sample.chunk_size` cases with `vllm` (default
+1,024; 0 = the whole shard), which goes to one `LLM.generate` so vLLM's scheduler and prefix cache see the chunk at
+once; an interrupted vLLM run loses at most the chunk in flight. Acceptance is decided later by the `filter` stage, so
 changing the acceptance rule never reruns this expensive half.
 
 Files
@@ -28,14 +31,16 @@ Case record (one JSON object per line of `outputs/samples.jsonl`):
                   "num_tokens": 62, "finished": true,                       # stopped at eos
                   "parse": {"verdict": "V", "charge": "容留他人吸毒", "term": 7}}, …]}   # parse_answer; null if none
 
-Batches form a fixed grid over the case list and each batch's seed derives from (`seed`, index of its
-first case), so a run resumed at a batch boundary draws the same answers as an uninterrupted one.
+Every case draws from its own random streams, derived from (`seed`, its index in training_set.json) only
+(`lawshift.generation.stream_seed`; answer j uses stream + j, as vLLM seeds its child requests): the answers of a
+case do not depend on the batch size, the chunking, the shard it falls in or a resume. Groups form a fixed grid
+over the case list, so a resumed run also meets the same batches.
 
 Shards
 ------
 With `num_shards` n > 1 (`python stages/sample.py --shard-index i --num-shards n`, one process per GPU or node)
-a run samples cases i, i + n, i + 2n, … into `outputs/samples.shard{i}-of-{n}.jsonl` (resumable as above). The
-shards of a run hold disjoint cases, so no two of their batches share a seed. A shard file keeps the header line,
+a run samples cases i, i + n, i + 2n, … into `outputs/samples.shard{i}-of-{n}.jsonl` (resumable as above), each
+case with the same streams as in an unsharded run. A shard file keeps the header line,
 so `python -m lawshift.merge` (lawshift/merge.py) can check that the shards come from one run before it joins
 them into `outputs/samples.jsonl`, which then reads exactly like a single process's.
 """
@@ -43,7 +48,6 @@ them into `outputs/samples.jsonl`, which then reads exactly like a single proces
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -58,13 +62,14 @@ from lawshift.answers import Answer, parse_answer
 from lawshift.codedeps import code_digest
 from lawshift.data import ArticleLookup, Case, load_articles, training_cases
 from lawshift.files import InputError
-from lawshift.generation import Backend, GenerationSettings, PromptResult
+from lawshift.generation import Backend, GenerationSettings, PromptResult, call_size, make_backend, stream_seed
 from lawshift.journal import Journal, Span
 from lawshift.params import Params, SampleParams, param_error
-from lawshift.prompts import build_messages, render_prompt
+from lawshift.prompts import Prompt, load_prompt, render_prompt
 from lawshift.scoring import is_correct
 
-# Settings that change what is generated; device and vLLM memory knobs do not change the records' meaning.
+# Settings that change what is generated; device and vLLM memory knobs do not change the records' meaning, nor
+# does chunk_size (each case's streams are its own), so a vLLM run may resume with another chunk size.
 SAMPLING_KEYS = ("backend", "num_samples", "temperature", "top_p", "max_new_tokens", "batch_size",
                  "shard_index", "num_shards")
 
@@ -97,10 +102,11 @@ def longest_first(indices: Sequence[int], prompts: Sequence[str], lengths: Seque
 
 
 def build_prompts(cases: Sequence[Case], indices: Sequence[int], lookup: ArticleLookup, tokenizer,
-                  source: str | Path) -> list[str]:
+                  source: str | Path, prompt: Prompt) -> list[str]:
     """The rendered chat prompt of each selected case (missing article ids are counted by `lookup`)."""
-    return [render_prompt(tokenizer, build_messages(cases[i].fact, lookup.for_case(cases[i], i, source)))
+    return [render_prompt(tokenizer, prompt.messages(cases[i].fact, lookup.for_case(cases[i], i, source)))
             for i in indices]
+
 
 
 # --- fingerprint -------------------------------------------------------------------------------------------------
@@ -117,11 +123,6 @@ def run_settings(sp: SampleParams, model: str, training_set: str | Path, article
 
 
 # --- records and counters ----------------------------------------------------------------------------------------
-
-def batch_seed(seed: int, first_index: int) -> int:
-    """A batch's seed depends only on the run seed and its first case, so resuming redraws the same answers."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{first_index}".encode()).digest()[:4], "big")
-
 
 def parse_dict(text: str) -> dict | None:
     answer = parse_answer(text)
@@ -218,7 +219,7 @@ class Job:
     indices: list[int]  # the cases this run samples (all of them, or one shard), in processing order
     prompts: list[str]  # rendered prompt of each selected case
     settings: dict  # run_settings(...)
-    seed: int  # the run's seed (params `seed`): each batch's seed derives from it and the batch's first case
+    seed: int  # the run's seed (params `seed`): each case's streams derive from it and the case's index
 
 
 @dataclass
@@ -237,15 +238,16 @@ def sample(job: Job, backend: Backend, sp: SampleParams, out: Path) -> RunStats:
     new_tokens, seconds = 0, 0.0
     bar = tqdm(total=len(job.indices), initial=partial.resumed, unit="case", desc="sample", dynamic_ncols=True)
     bar.set_postfix(accepted=tally.correct)
+    size = call_size(sp.backend, sp.batch_size, sp.chunk_size, len(job.indices))
     try:
-        # A fixed grid of batches over the selected cases: a resumed run meets the same batch boundaries and seeds.
-        for start in range(0, len(job.indices), sp.batch_size):
-            todo = [k for k in range(start, min(start + sp.batch_size, len(job.indices)))
-                    if job.indices[k] not in partial.done]
+        # A fixed grid of groups over the selected cases: a resumed run meets the same boundaries.
+        for start in range(0, len(job.indices), size):
+            todo = [k for k in range(start, min(start + size, len(job.indices))) if job.indices[k] not in partial.done]
             if not todo:
                 continue
             t0 = time.perf_counter()
-            results = backend.generate([job.prompts[k] for k in todo], gen, batch_seed(job.seed, job.indices[start]))
+            results = backend.generate([job.prompts[k] for k in todo], gen,
+                                       [stream_seed(job.seed, job.indices[k]) for k in todo])
             seconds += time.perf_counter() - t0
             records = [case_record(job.indices[k], job.cases[job.indices[k]], job.prompts[k], r)
                        for k, r in zip(todo, results, strict=True)]
@@ -264,21 +266,6 @@ def sample(job: Job, backend: Backend, sp: SampleParams, out: Path) -> RunStats:
     bar.close()
     tally = partial.finalize(out, sorted(job.indices), keep_header=sp.num_shards > 1)
     return RunStats(tally, partial.resumed, new_tokens, seconds)
-
-
-def make_backend(sp: SampleParams, base: str, device, *, trust_remote_code: bool, allow_pickle: bool,
-                 max_model_len: int, seed: int) -> Backend:
-    """The generation backend `sample.backend` names, loaded from the resolved base model."""
-    if sp.backend == "vllm":
-        from lawshift.vllm_backend import VLLMBackend
-
-        return VLLMBackend(base, tensor_parallel_size=sp.tensor_parallel_size,
-                           gpu_memory_utilization=sp.gpu_memory_utilization, seed=seed,
-                           max_model_len=max_model_len, trust_remote_code=trust_remote_code)
-    from lawshift.generation import HFBackend
-
-    model = models.load_model(base, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    return HFBackend(model, models.load_tokenizer(base, trust_remote_code), device)
 
 
 def metrics(stats: RunStats, missing_articles: int) -> dict:
@@ -306,7 +293,7 @@ def run(p: Params) -> tuple[dict, dict]:
     cases = training_cases(p.data.root)
     lookup = ArticleLookup(load_articles(p.data.train_articles), p.data.train_articles, p.data.strict_articles)
     indices = shard_indices(len(cases), sp)
-    prompts = build_prompts(cases, indices, lookup, tokenizer, train_file)
+    prompts = build_prompts(cases, indices, lookup, tokenizer, train_file, load_prompt(sp.prompt))
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     needed = max(lengths) + sp.max_new_tokens
     # Before loading the weights: the longest prompt plus a full answer must fit the model's context.
@@ -315,8 +302,9 @@ def run(p: Params) -> tuple[dict, dict]:
     # already checked by resolve_base, so the weights are not hashed a second time.
     settings = run_settings(sp, paths.BASE, train_file, p.data.train_articles, prompts, p.seed)
     indices, prompts = longest_first(indices, prompts, lengths)
-    device = models.pick_device(sp.device) if sp.backend == "hf" else "cuda"
-    backend = make_backend(sp, base, device, trust_remote_code=p.model.trust_remote_code,
-                           allow_pickle=p.model.allow_pickle, max_model_len=needed, seed=p.seed)
+    backend = make_backend(sp.backend, base, device=sp.device, seed=p.seed, max_model_len=needed,
+                                  trust_remote_code=p.model.trust_remote_code, allow_pickle=p.model.allow_pickle,
+                                  tensor_parallel_size=sp.tensor_parallel_size,
+                                  gpu_memory_utilization=sp.gpu_memory_utilization)
     stats = sample(Job(cases, indices, prompts, settings, p.seed), backend, sp, output_path(sp, paths.SAMPLES))
-    return metrics(stats, lookup.missing), run_info(stats, backend.name, str(device))
+    return metrics(stats, lookup.missing), run_info(stats, backend.name, str(backend.device))

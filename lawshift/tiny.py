@@ -41,7 +41,7 @@ from lawshift.answers import DEATH, LIFE, NO_VIOLATION, format_answer
 from lawshift.data import ArticleLookup, Case, load_articles, load_cases, training_cases
 from lawshift.examples import collate, encode_example, per_sequence_loss
 from lawshift.params import DataParams, TinyParams
-from lawshift.prompts import SYSTEM_PROMPT, build_messages, render_prompt
+from lawshift.prompts import Prompt, render_prompt
 
 # Qwen2.5's special tokens: <|endoftext|> pads, <|im_end|> ends a chat turn (and generation).
 ENDOFTEXT = "<|endoftext|>"
@@ -86,9 +86,10 @@ TEMPLATE_REPEATS = 50
 # corpus
 
 
-def corpus_texts(training_set: str | Path, articles: str | Path) -> list[str]:
+def corpus_texts(training_set: str | Path, articles: str | Path, prompt: Prompt) -> list[str]:
     """Tokenizer training text from the training side only: the training cases' facts and charges, the articles
-    rendered into training prompts (`data.train_articles`), and the prompt and answer templates. No evaluation
+    rendered into training prompts (`data.train_articles`), the judge prompt's system text (`sample.prompt`) and the
+    prompt and answer templates. No evaluation
     file is read: the base must not depend on (or have seen) the benchmark's test folders.
 
     The prompt and answer templates are repeated so BPE learns whole-tag merges (`<answer>`, `</think>`): like a real
@@ -96,7 +97,7 @@ def corpus_texts(training_set: str | Path, articles: str | Path) -> list[str]:
     """
     texts = [t for case in load_cases(training_set) for t in (case.fact, case.charge)]
     texts += list(load_articles(articles).values())
-    return texts + (TEMPLATE_STRINGS + [SYSTEM_PROMPT]) * TEMPLATE_REPEATS
+    return texts + (TEMPLATE_STRINGS + [prompt.system]) * TEMPLATE_REPEATS
 
 
 # -----------------------------------------------------------------------------
@@ -201,9 +202,11 @@ def noisy_term(prison_time: int, rng: random.Random, noise: float, offsets: Sequ
     return rng.choice(terms) if terms else prison_time
 
 
-def warm_start(model, tokenizer, cases: list[Case], lookup: ArticleLookup, *, steps: int, batch_size: int,
-               lr: float, noise: float, seed: int, offsets: Sequence[int] = NOISE_OFFSETS) -> list[float]:
-    """Train all weights of `model` in place; returns the loss of each step (none for `steps` 0)."""
+def warm_start(model, tokenizer, cases: list[Case], lookup: ArticleLookup, prompt: Prompt, *, steps: int,
+               batch_size: int, lr: float, noise: float, seed: int,
+               offsets: Sequence[int] = NOISE_OFFSETS) -> list[float]:
+    """Train all weights of `model` in place on `prompt`'s rendering of the training cases; returns the loss of each
+    step (none for `steps` 0)."""
     if steps == 0:
         return []
     rng = random.Random(seed)
@@ -211,7 +214,7 @@ def warm_start(model, tokenizer, cases: list[Case], lookup: ArticleLookup, *, st
     prompts = []
     for i, case in enumerate(cases):
         arts = lookup.for_case(case, i)
-        prompts.append((case, arts, render_prompt(tokenizer, build_messages(case.fact, arts))))
+        prompts.append((case, arts, render_prompt(tokenizer, prompt.messages(case.fact, arts))))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
     model.train()
@@ -238,15 +241,17 @@ def warm_start(model, tokenizer, cases: list[Case], lookup: ArticleLookup, *, st
 # the base stage's entry point
 
 
-def build_base(spec: TinyParams, data: DataParams, out: str | Path, seed: int) -> dict:
-    """Build, warm-start and save (atomically, safetensors) the tiny base to `out`; returns its metrics."""
+def build_base(spec: TinyParams, data: DataParams, out: str | Path, seed: int, prompt: Prompt) -> dict:
+    """Build, warm-start (on the sampling prompt, `prompt`) and save (atomically, safetensors) the tiny base to `out`;
+    returns its metrics."""
     cases = training_cases(data.root)
     lookup = ArticleLookup(load_articles(data.train_articles), data.train_articles, data.strict_articles)
-    tokenizer = build_tokenizer(corpus_texts(Path(data.root) / "training_set.json", data.train_articles),
+    tokenizer = build_tokenizer(corpus_texts(Path(data.root) / "training_set.json", data.train_articles, prompt),
                                 spec.vocab_size, spec.max_position_embeddings)
     model = build_model(tokenizer, spec, seed)
-    losses = warm_start(model, tokenizer, cases, lookup, steps=spec.warmup_steps, batch_size=spec.warmup_batch_size,
-                        lr=spec.warmup_lr, noise=spec.term_noise, seed=seed, offsets=spec.term_offsets)
+    losses = warm_start(model, tokenizer, cases, lookup, prompt, steps=spec.warmup_steps,
+                        batch_size=spec.warmup_batch_size, lr=spec.warmup_lr, noise=spec.term_noise, seed=seed,
+                        offsets=spec.term_offsets)
     with files.atomic_path(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -46,7 +46,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -97,7 +97,12 @@ def load_policy(base: str, tp, device: torch.device, seed: int, *, trust_remote_
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=tp.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs=ckpt_kwargs)
     elif tp.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs)
+        # transformers renamed gradient to activation checkpointing after 5.20 (the GPU set's version, which has only
+        # the old names; newer ones keep them as warning aliases until v6)
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
     set_seed(seed)  # LoRA's A matrices are drawn here
     config = LoraConfig(r=tp.lora_r, lora_alpha=tp.lora_alpha, lora_dropout=tp.lora_dropout,
                         target_modules=list(tp.lora_target_modules), bias="none", task_type="CAUSAL_LM")
@@ -214,13 +219,16 @@ def training_arguments(tp, ckpt_dir: Path, device: torch.device, optim: str, see
     from transformers import TrainingArguments
 
     bf16 = models.compute_dtype(device) == torch.bfloat16
+    # the checkpointing argument as this transformers names it (renamed after 5.20, see load_policy)
+    names = {f.name for f in fields(TrainingArguments)}
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     return TrainingArguments(
         output_dir=str(ckpt_dir), num_train_epochs=tp.num_train_epochs, max_steps=tp.max_steps,
         per_device_train_batch_size=tp.per_device_train_batch_size,
         gradient_accumulation_steps=tp.gradient_accumulation_steps, learning_rate=tp.learning_rate,
         warmup_steps=tp.warmup_steps, lr_scheduler_type=tp.lr_scheduler_type, weight_decay=tp.weight_decay,
         max_grad_norm=tp.max_grad_norm, optim=optim, bf16=bf16, use_cpu=device.type == "cpu",
-        activation_checkpointing=tp.gradient_checkpointing, activation_checkpointing_kwargs={"use_reentrant": False},
+        **{ckpt: tp.gradient_checkpointing, f"{ckpt}_kwargs": {"use_reentrant": False}},
         logging_strategy="steps", logging_steps=tp.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=tp.save_steps, save_total_limit=tp.save_total_limit,
         train_sampling_strategy="group_by_length" if tp.group_by_length else "random",

@@ -1,18 +1,31 @@
-"""vLLM generation backend (optional: `pip install -r requirements-gpu.txt`, selected by `backend: vllm`).
+"""vLLM generation backend (GPU machines: `make gpu-venv`; selected by `sample.backend: vllm` / `eval.backend: vllm`).
 
-All prompts of a call go to one `LLM.generate` with `SamplingParams(n=N, …)`; vLLM schedules them itself and,
-with prefix caching on, prefills a shared prompt once for its N answers. A fine-tuned model's adapter is served
-through `LoRARequest`, so the base weights load once. vLLM is imported only when this backend is built.
+The caller hands over a whole chunk of cases at once (`sample.chunk_size` / `eval.chunk_size`, default 1,024) and
+this backend sends them in one `LLM.generate` with one `SamplingParams(n=N, seed=…)` per prompt: vLLM's scheduler
+keeps the GPU full across the chunk and its prefix cache prefills each prompt once for its N answers (and the
+judge prompt's shared system text once for all). Prompt i's seed is its case's first stream
+(`lawshift.generation.stream_seed`); vLLM turns an n-answer request with seed s into n child requests seeded
+s + j (vllm/v1/engine/parallel_sampling.py), which the stream layout keeps apart from every other case's.
 
-The pure parts, the sampling arguments and the mapping of vLLM's outputs back to prompts, are plain functions
-tested without a GPU (tests/test_vllm_backend.py).
+A fine-tuned model is served as the base plus its adapter through a `LoRARequest`: the base weights load once, no
+merged copy is written to disk, and the same engine can serve several adapters. vLLM is imported only when this
+backend is built.
+
+The pure parts, the sampling arguments, the LoRA rank and the mapping of vLLM's outputs back to prompts, are plain
+functions tested without a GPU (tests/test_vllm_backend.py); the whole path runs end to end on CPU against a
+stand-in `vllm` package (tests/vllm_standin, tests/test_vllm_stages.py).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from lawshift.generation import Completion, GenerationSettings, PromptResult
+
+# The ranks vLLM's LoRA kernels are built for (vllm.config.lora.MaxLoRARanks); `max_lora_rank` must be one of them.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def sampling_kwargs(settings: GenerationSettings, seed: int) -> dict:
@@ -23,16 +36,30 @@ def sampling_kwargs(settings: GenerationSettings, seed: int) -> dict:
             "max_tokens": settings.max_new_tokens, "seed": seed}
 
 
-def request_kwargs(settings: GenerationSettings, seed: int, count: int) -> list[dict]:
-    """One SamplingParams' arguments per prompt, each with its own seed: with one shared seed every prompt of a
-    call would draw from the same random stream."""
-    return [sampling_kwargs(settings, seed + i) for i in range(count)]
+def request_kwargs(settings: GenerationSettings, seeds: Sequence[int]) -> list[dict]:
+    """One SamplingParams' arguments per prompt, each with its case's seed."""
+    return [sampling_kwargs(settings, seed) for seed in seeds]
+
+
+def lora_rank(adapter: str | Path) -> int:
+    """The smallest rank vLLM accepts that holds the adapter's (adapter_config.json `r`)."""
+    r = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))["r"]
+    fits = [k for k in VLLM_LORA_RANKS if k >= r]
+    if not fits:
+        raise ValueError(f"{adapter}: LoRA rank {r} is above vLLM's largest, {VLLM_LORA_RANKS[-1]}")
+    return fits[0]
+
+
+def load_format(allow_pickle: bool) -> str:
+    """`model.allow_pickle` as vLLM's `load_format`: "auto" falls back to pickle *.bin weights, so only with it."""
+    return "auto" if allow_pickle else "safetensors"
 
 
 def map_outputs(prompts: Sequence[str], outputs: Sequence, settings: GenerationSettings) -> list[PromptResult]:
     """vLLM RequestOutputs (same order as the prompts) -> one PromptResult per prompt.
 
-    The order is checked, not assumed: a mismatch would silently attach answers to the wrong case.
+    The order is checked, not assumed: a mismatch would silently attach answers to the wrong case. An answer is
+    finished when vLLM stopped it at a stop token (`finish_reason == "stop"`), not at `max_tokens` ("length").
     """
     if len(outputs) != len(prompts):
         raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts")
@@ -40,7 +67,8 @@ def map_outputs(prompts: Sequence[str], outputs: Sequence, settings: GenerationS
     for i, (prompt, out) in enumerate(zip(prompts, outputs, strict=True)):
         if out.prompt is not None and out.prompt != prompt:
             raise RuntimeError(f"vLLM output {i} belongs to another prompt")
-        comps = [Completion(c.text, len(c.token_ids), c.finish_reason == "stop") for c in out.outputs]
+        ordered = sorted(out.outputs, key=lambda c: c.index)  # child j is answer j: its stream is seed + j
+        comps = [Completion(c.text, len(c.token_ids), c.finish_reason == "stop") for c in ordered]
         if settings.greedy:
             comps = comps[:1] * settings.n
         if len(comps) != settings.n:
@@ -51,26 +79,30 @@ def map_outputs(prompts: Sequence[str], outputs: Sequence, settings: GenerationS
 
 class VLLMBackend:
     name = "vllm"
+    device = "cuda"
 
     def __init__(self, model: str, *, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 seed: int = 0, adapter: str | None = None, lora_rank: int = 64, max_model_len: int | None = None,
+                 seed: int = 0, adapter: str | None = None, max_model_len: int | None = None,
                  trust_remote_code: bool = False, allow_pickle: bool = False):
         from vllm import LLM  # optional dependency: only needed when this backend is selected
 
-        # vLLM's "auto" falls back to pickle *.bin weights; as everywhere else, only with model.allow_pickle.
+        lora = {"enable_lora": True, "max_lora_rank": lora_rank(adapter), "max_loras": 1} if adapter else {}
         self.llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size,
                        gpu_memory_utilization=gpu_memory_utilization, seed=seed, enable_prefix_caching=True,
-                       enable_lora=adapter is not None, max_lora_rank=lora_rank, max_model_len=max_model_len,
-                       trust_remote_code=trust_remote_code, load_format="auto" if allow_pickle else "safetensors")
+                       max_model_len=max_model_len, trust_remote_code=trust_remote_code,
+                       load_format=load_format(allow_pickle), **lora)
         self.lora = None
         if adapter is not None:
             from vllm.lora.request import LoRARequest
 
-            self.lora = LoRARequest("sft", 1, adapter)
+            self.lora = LoRARequest("sft", 1, str(adapter))
 
-    def generate(self, prompts: list[str], settings: GenerationSettings, seed: int) -> list[PromptResult]:
+    def generate(self, prompts: list[str], settings: GenerationSettings, seeds: Sequence[int]) -> list[PromptResult]:
         from vllm import SamplingParams
 
-        params = [SamplingParams(**kw) for kw in request_kwargs(settings, seed, len(prompts))]
-        outputs = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=False)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        params = [SamplingParams(**kw) for kw in request_kwargs(settings, seeds)]
+        # One call for the whole chunk, with vLLM's own progress bar: the caller's advances once per chunk.
+        outputs = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=True)
         return map_outputs(prompts, outputs, settings)

@@ -1,14 +1,16 @@
 """Stage `base`: settle the base policy in models/base/.
 
 `model.base: tiny` builds the offline tiny Qwen2 stand-in (lawshift/tiny.py: tokenizer trained on the data, seeded
-weights, a short warm-start so it answers in format). Any other value is a hub id or local path: it is checked
-(safetensors, no remote code) and recorded as a pointer (lawshift/models.py), not copied.
+weights, a short warm-start on the sampling prompt, `sample.prompt`, so it answers in format). Any other value is a
+hub id or local path: it is checked (safetensors, no remote code) and recorded as a pointer (lawshift/models.py),
+not copied.
 
     python stages/base.py            # normally: dvc repro base
 """
 
 from lawshift import files, models, paths
 from lawshift.params import load_params
+from lawshift.prompts import load_prompt
 from lawshift.runinfo import StageClock
 
 
@@ -19,7 +21,7 @@ def main() -> None:
     if p.model.base == "tiny":
         from lawshift.tiny import build_base
 
-        metrics = build_base(p.model.tiny, p.data, paths.BASE, p.seed)
+        metrics = build_base(p.model.tiny, p.data, paths.BASE, p.seed, load_prompt(p.sample.prompt))
     else:
         metrics = models.settle_pointer(p.model, paths.BASE)
     files.write_json(paths.BASE_METRICS, metrics)

@@ -25,12 +25,15 @@ import pytest
 import yaml
 
 import lawshift  # noqa: F401  (first: pins torch's CPU numerics before anything imports torch)
+from lawshift.prompts import load_prompt
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "lawshift-sample"
+JUDGE_FILE = REPO / "prompts" / "judge.yaml"  # the default judge prompt (params sample.prompt / eval.prompt)
+JUDGE = load_prompt(JUDGE_FILE)
 FOLDER = "action_explicit_extend"
 ROOT = "data/small"  # the small project's LawShift root, relative to the project
 ARTICLES = f"{ROOT}/criminal_law_articles.json"
@@ -50,6 +53,25 @@ SMALL = {
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        "TOKENIZERS_PARALLELISM": "false", "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(REPO),
        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def seeds(prompts, seed: int = 0) -> list[int]:
+    """Each prompt's first stream as the stages derive it: prompt i is case i of a run seeded `seed`."""
+    from lawshift.generation import stream_seed
+
+    return [stream_seed(seed, i) for i in range(len(prompts))]
+
+
+class SeedLog:
+    """Passes every call on to the real backend and notes the prompts and seeds it was given, call by call."""
+
+    def __init__(self, backend):
+        self.backend, self.name, self.device, self.seeds, self.calls = backend, backend.name, "cpu", [], []
+
+    def generate(self, prompts, settings, seeds):
+        self.seeds.extend(seeds)
+        self.calls.append(list(zip(prompts, seeds, strict=True)))
+        return self.backend.generate(prompts, settings, seeds)
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -147,13 +169,15 @@ def tiny_base(tmp_path_factory) -> Path:
     from lawshift.tiny import build_model, build_tokenizer, corpus_texts, warm_start
 
     out = tmp_path_factory.mktemp("tiny_base")
+    judge = JUDGE
     spec = TinyParams(vocab_size=2000, hidden_size=64, intermediate_size=256, max_position_embeddings=2048)
-    tokenizer = build_tokenizer(corpus_texts(SAMPLE / "training_set.json", SAMPLE / "criminal_law_articles.json"),
-                                spec.vocab_size, spec.max_position_embeddings)
+    tokenizer = build_tokenizer(corpus_texts(SAMPLE / "training_set.json", SAMPLE / "criminal_law_articles.json",
+                                             judge), spec.vocab_size, spec.max_position_embeddings)
     model = build_model(tokenizer, spec, seed=0)
     arts_path = SAMPLE / "criminal_law_articles.json"
     lookup = ArticleLookup(load_articles(arts_path), str(arts_path))
-    warm_start(model, tokenizer, training_cases(SAMPLE), lookup, steps=150, batch_size=8, lr=3e-3, noise=0.5, seed=0)
+    warm_start(model, tokenizer, training_cases(SAMPLE), lookup, judge, steps=150, batch_size=8, lr=3e-3, noise=0.5,
+               seed=0)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -191,6 +215,7 @@ def project(tmp_path, tiny_base, monkeypatch) -> Callable[..., Path]:
                     (root / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(REPO / rel, root / rel)
         root.mkdir(exist_ok=True)
+        shutil.copytree(REPO / "prompts", root / "prompts", dirs_exist_ok=True)
         small_root(root / ROOT, n_train, n_test)
         if base:
             shutil.copytree(tiny_base, root / "models" / "base")

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import ARTICLES, ENV, FOLDER, REPO, ROOT, dump_json, read_json, run_stage, set_params
+from conftest import ARTICLES, ENV, FOLDER, JUDGE, REPO, ROOT, dump_json, read_json, run_stage, set_params
 
 from lawshift import paths
 from lawshift.answers import format_answer
 from lawshift.data import ArticleLookup, load_articles, training_cases
 from lawshift.files import write_jsonl
-from lawshift.prompts import build_messages, render_prompt
+from lawshift.prompts import render_prompt
 
 TRAIN_SET = f"{ROOT}/training_set.json"
 SMALL_CONTEXT = 300  # positions of the small-context model: the prompts fit (<= 292 tokens), an answer does not
@@ -72,7 +72,7 @@ def sampled_records(project: Path, right: bool) -> list[dict]:
     lookup = ArticleLookup(load_articles(project / ARTICLES), ARTICLES)
     records = []
     for i, case in enumerate(training_cases(project / ROOT)):
-        prompt = render_prompt(tokenizer, build_messages(case.fact, lookup.for_case(case, i)))
+        prompt = render_prompt(tokenizer, JUDGE.messages(case.fact, lookup.for_case(case, i)))
         # wrong: another charge and another term, so even a no-violation gold cannot match
         charge, term = (case.charge, case.prison_time) if right else (case.charge + "甲", case.prison_time + 5)
         texts = [f"<think>第{j}种推理。</think>{format_answer(charge, term)}" for j in range(2)]

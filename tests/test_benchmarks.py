@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SAMPLE, read_json
+from conftest import JUDGE, REPO, SAMPLE, read_json, seeds
 
 from benchmarks import common, sampling, train
 from benchmarks.__main__ import main, parser
@@ -19,7 +19,7 @@ from lawshift.data import ArticleLookup, load_articles, training_cases
 from lawshift.files import InputError
 from lawshift.generation import GenerationSettings, HFBackend
 from lawshift.params import TrainParams
-from lawshift.prompts import build_messages, render_prompt
+from lawshift.prompts import render_prompt
 
 # the real sample's articles (conftest's ARTICLES is the small project's relative copy of them)
 SAMPLE_ARTICLES = SAMPLE / "criminal_law_articles.json"
@@ -77,7 +77,7 @@ def test_forward_timer_splits_prefill_and_decode(tiny, shared_prefill):
     backend = HFBackend(model, tokenizer, CPU, shared_prefill=shared_prefill)
     settings = GenerationSettings(n=3, temperature=0.0, max_new_tokens=6)  # greedy: one answer per prompt
     with sampling.forward_timer(model, CPU) as times:
-        results = backend.generate(prompts, settings, seed=0)
+        results = backend.generate(prompts, settings, seeds(prompts, 0))
     if shared_prefill:  # each prompt once, unpadded
         assert times.prefill_calls == 2 and times.prefill_tokens == sum(r.prompt_tokens for r in results)
     else:  # the padded batch, once
@@ -102,10 +102,10 @@ def test_long_prompt_adds_the_following_articles(tiny):
     case = training_cases(SAMPLE)[0]
     articles = load_articles(SAMPLE_ARTICLES)
     own = ArticleLookup(articles, str(SAMPLE_ARTICLES)).for_case(case)
-    real = render_prompt(tokenizer, build_messages(case.fact, own))
-    assert common.long_prompt(tokenizer, case, articles, own, target=10) == real  # long enough already
+    real = render_prompt(tokenizer, JUDGE.messages(case.fact, own))
+    assert common.long_prompt(tokenizer, JUDGE, case, articles, own, target=10) == real  # long enough already
     target = n_tokens(tokenizer, real) + 600
-    long = common.long_prompt(tokenizer, case, articles, own, target)
+    long = common.long_prompt(tokenizer, JUDGE, case, articles, own, target)
     assert target <= n_tokens(tokenizer, long) < target + 600
     ids = list(articles)
     after = ids[ids.index(own[0][0]) + 1]
@@ -172,7 +172,7 @@ def varied_sft(tokenizer, path: Path, reasons: list[int]) -> Path:
     different as the list makes them."""
     case = training_cases(SAMPLE)[0]
     arts = ArticleLookup(load_articles(SAMPLE_ARTICLES), str(SAMPLE_ARTICLES)).for_case(case)
-    prompt = render_prompt(tokenizer, build_messages(case.fact, arts))
+    prompt = render_prompt(tokenizer, JUDGE.messages(case.fact, arts))
     answer = f"<answer>{case.charge} | {case.prison_time}</answer>"
     records = [{**case.to_dict(), "case_id": case.case_id, "prompt": prompt, "weight": 1 / len(reasons),
                 "response": f"<think>{'依据法条。' * r}</think>{answer}", "num_correct_for_this_sample": len(reasons)}
@@ -204,7 +204,7 @@ def test_grouped_training_pads_less_and_trains_the_same_tokens(tiny, tmp_path):
 def test_mixed_lengths_lengthen_every_other_prompt(tiny, tmp_path):
     tokenizer = tiny.tokenizer
     src = varied_sft(tokenizer, tmp_path / "sft.jsonl", [0, 1, 2, 3])
-    dst = train.mixed_length_sft(src, tmp_path / "mixed.jsonl", tokenizer, str(SAMPLE_ARTICLES), target=500)
+    dst = train.mixed_length_sft(src, tmp_path / "mixed.jsonl", tokenizer, JUDGE, str(SAMPLE_ARTICLES), target=500)
     before, after = [r for _, r in files.read_jsonl(src)], [r for _, r in files.read_jsonl(dst)]
     assert [r["response"] for r in after] == [r["response"] for r in before]
     assert after[0] == before[0] and after[2] == before[2]  # even records unchanged
@@ -214,7 +214,7 @@ def test_mixed_lengths_lengthen_every_other_prompt(tiny, tmp_path):
     bad = tmp_path / "bad.jsonl"
     files.write_jsonl(bad, [before[0], {"prompt": "p", "response": "r"}])
     with pytest.raises(InputError, match="bad.jsonl.*record needs fact, relevant_articles, charge and prison_time"):
-        train.mixed_length_sft(bad, tmp_path / "out.jsonl", tokenizer, str(SAMPLE_ARTICLES), target=500)
+        train.mixed_length_sft(bad, tmp_path / "out.jsonl", tokenizer, JUDGE, str(SAMPLE_ARTICLES), target=500)
 
 
 @pytest.mark.slow

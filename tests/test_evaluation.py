@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import FOLDER, REPO, read_json, run, set_params
+from conftest import FOLDER, JUDGE, REPO, read_json, run, set_params
 
 from lawshift import evaluation as ev
 from lawshift import models, paths
@@ -69,8 +69,11 @@ def item_for(label, split, index, case) -> ev.EvalItem:
     return ev.EvalItem(pid, folder, label, split, index, case, prompt="")
 
 
+CUT = "<think>没写完"  # the one answer that stopped at the length limit
+
+
 def hand_records() -> list[dict]:
-    return [ev.score_answer(item_for(label, split, i, case), text, j, LOW, HIGH)
+    return [ev.score_answer(item_for(label, split, i, case), text, j, LOW, HIGH) | {"finished": text != CUT}
             for label, split, i, j, case, text, *_ in PREDICTIONS]
 
 
@@ -88,16 +91,17 @@ def test_compute_metrics_hand_made():
     metrics = ev.compute_metrics(hand_records())
     # original: V 1+1, NV 1, TU 1+0, TD 0, XT 1, NX (1+0)/2 -> 5.5 of 8 prompts
     # poisoned: V 0+0, NV 1, TU 1+0, TD 1, XT 1, NX (1+0)/2 -> 4.5 of 8 prompts
-    # format: 2 unparseable of 18 LawShift answers (the train answers do not count)
+    # format: 2 unparseable of 18 LawShift answers (the train answers do not count); truncated: 1 of 18 (NX)
     assert metrics == {
-        "overall": {"original": 0.6875, "poisoned": 0.5625, "gap": 0.125, "format_valid": round(16 / 18, 6)},
+        "overall": {"original": 0.6875, "poisoned": 0.5625, "gap": 0.125, "format_valid": round(16 / 18, 6),
+                    "truncated": round(1 / 18, 6)},
         "by_label": {
-            "NV": {"original": 1.0, "poisoned": 1.0, "gap": 0.0, "format_valid": 1.0, "n": 1},
-            "NX": {"original": 0.5, "poisoned": 0.5, "gap": 0.0, "format_valid": 0.75, "n": 1},
-            "TD": {"original": 0.0, "poisoned": 1.0, "gap": -1.0, "format_valid": 1.0, "n": 1},
-            "TU": {"original": 0.5, "poisoned": 0.5, "gap": 0.0, "format_valid": 1.0, "n": 2},
-            "V": {"original": 1.0, "poisoned": 0.0, "gap": 1.0, "format_valid": 0.75, "n": 2},
-            "XT": {"original": 1.0, "poisoned": 1.0, "gap": 0.0, "format_valid": 1.0, "n": 1},
+            "NV": {"original": 1.0, "poisoned": 1.0, "gap": 0.0, "format_valid": 1.0, "truncated": 0.0, "n": 1},
+            "NX": {"original": 0.5, "poisoned": 0.5, "gap": 0.0, "format_valid": 0.75, "truncated": 0.25, "n": 1},
+            "TD": {"original": 0.0, "poisoned": 1.0, "gap": -1.0, "format_valid": 1.0, "truncated": 0.0, "n": 1},
+            "TU": {"original": 0.5, "poisoned": 0.5, "gap": 0.0, "format_valid": 1.0, "truncated": 0.0, "n": 2},
+            "V": {"original": 1.0, "poisoned": 0.0, "gap": 1.0, "format_valid": 0.75, "truncated": 0.0, "n": 2},
+            "XT": {"original": 1.0, "poisoned": 1.0, "gap": 0.0, "format_valid": 1.0, "truncated": 0.0, "n": 1},
         },
         "folders": {
             "action_explicit_extend": {"label": "V", "original": 1.0, "poisoned": 0.0, "n": 2},
@@ -111,7 +115,11 @@ def test_compute_metrics_hand_made():
         "charge_accuracy": 0.875,
         "term_exact_accuracy": 0.4375,
         "train_exact": 0.5,
+        "train_truncated": 0.0,
     }
+    # records that do not say whether they finished (a re-scored published log): no truncated share, not 0
+    unknown = ev.compute_metrics([{k: v for k, v in r.items() if k != "finished"} for r in hand_records()])
+    assert unknown["overall"]["truncated"] is None and unknown["train_truncated"] is None
 
 
 def test_compute_metrics_unequal_splits_and_no_train():
@@ -173,14 +181,14 @@ def test_list_shaped_articles_give_same_prompts_and_predictions(data_copy, sampl
     for split in ("original", "poisoned"):
         to_list_shape(data_copy / name / f"articles_{split}.json")
     assert isinstance(json.loads((data_copy / name / "articles_original.json").read_text()), list)
-    obj, _ = ev.build_items(discover_folders(sample_root, [name]), tok)
-    lst, _ = ev.build_items(discover_folders(data_copy, [name]), tok)
+    obj, _ = ev.build_items(discover_folders(sample_root, [name]), tok, JUDGE)
+    lst, _ = ev.build_items(discover_folders(data_copy, [name]), tok, JUDGE)
     assert [(i.id, i.prompt) for i in obj] == [(i.id, i.prompt) for i in lst]
     assert len(obj) == 80 and "354-0-0" in obj[0].prompt
     picks = [0, 1, 40, 41]  # two cases of each split
     settings = GenerationSettings(max_new_tokens=48)
-    runs = [list(ev.generate_records(backend, [[items[k] for k in picks]], settings, 0, LOW, HIGH))
-            for items in (obj, lst)]
+    runs = [list(ev.generate_records(backend, [[items[k] for k in picks]], settings, ev.item_seeds(items, 0), LOW,
+                                     HIGH)) for items in (obj, lst)]
     assert runs[0] == runs[1]
     assert [r["answer"] for r in runs[0]] and all(r["answer"] for r in runs[0])
 
@@ -188,8 +196,8 @@ def test_list_shaped_articles_give_same_prompts_and_predictions(data_copy, sampl
 def test_poisoned_prompt_shows_old_statute_on_request(sample_root, tiny):
     tok = tiny.tokenizer
     folders = discover_folders(sample_root, ["action_explicit_extend"])
-    plain = {i.id: i.prompt for i in ev.build_items(folders, tok)[0]}
-    both = {i.id: i.prompt for i in ev.build_items(folders, tok, show_old_statute=True)[0]}
+    plain = {i.id: i.prompt for i in ev.build_items(folders, tok, JUDGE)[0]}
+    both = {i.id: i.prompt for i in ev.build_items(folders, tok, JUDGE, show_old_statute=True)[0]}
     new = folders[0].articles("poisoned")["354-0-0"]
     old = folders[0].articles("original")["354-0-0"]
     assert both["action_explicit_extend/original/3"] == plain["action_explicit_extend/original/3"]
@@ -201,10 +209,10 @@ def test_missing_articles_are_counted_or_refused(data_copy, tiny):
     tok = tiny.tokenizer
     (data_copy / "action_explicit_extend" / "articles_poisoned.json").write_text("{}", encoding="utf-8")
     folders = discover_folders(data_copy, ["action_explicit_extend"])
-    items, missing = ev.build_items(folders, tok)
+    items, missing = ev.build_items(folders, tok, JUDGE)
     assert missing == 40 and "354-0-0" not in items[40].prompt and "354-0-0" in items[0].prompt
     with pytest.raises(InputError, match=r"poisoned.json: record 0: field 'relevant_articles'"):
-        ev.build_items(folders, tok, strict_articles=True)
+        ev.build_items(folders, tok, JUDGE, strict_articles=True)
 
 
 def test_prompts_of_the_stage_and_the_context_guard(project, tiny):
@@ -232,29 +240,30 @@ class CountingBackend:
     def __init__(self, inner):
         self.inner, self.prompts = inner, 0
 
-    def generate(self, prompts, settings, seed):
+    def generate(self, prompts, settings, seeds):
         self.prompts += len(prompts)
-        return self.inner.generate(prompts, settings, seed)
+        return self.inner.generate(prompts, settings, seeds)
 
 
 def test_interrupted_run_resumes_to_same_records(sample_root, tiny, backend, tmp_path, capsys):
-    items = ev.build_items(discover_folders(sample_root, ["action_implicit_expand"]), tiny.tokenizer)[0][::8]
+    items = ev.build_items(discover_folders(sample_root, ["action_implicit_expand"]), tiny.tokenizer, JUDGE)[0][::8]
     assert len(items) == 10
     groups = ev.batches(items, [len(i.prompt) for i in items], batch_size=4)
     settings = GenerationSettings(n=2, temperature=0.8, top_p=0.95, max_new_tokens=24)
-    whole = list(ev.generate_records(backend, groups, settings, 7, LOW, HIGH))
+    seeds = ev.item_seeds(items, 7)
+    whole = list(ev.generate_records(backend, groups, settings, seeds, LOW, HIGH))
     assert len(whole) == 2 * len(items)
 
     path = tmp_path / "p.jsonl.partial"
     partial = ev.PartialLog(path, {"run": 1})
     assert partial.journal.path == path
-    run_ = ev.generate_records(backend, groups, settings, 7, LOW, HIGH, partial)
+    run_ = ev.generate_records(backend, groups, settings, seeds, LOW, HIGH, partial)
     first = [next(run_) for _ in range(2 * len(groups[0]))]  # interrupted after the first batch
     run_.close()
     with open(path, "a", encoding="utf-8") as f:
         f.write('{"batch": 1, "records": [{"id"')  # a batch torn by the interruption
     counting = CountingBackend(backend)
-    resumed = list(ev.generate_records(counting, groups, settings, 7, LOW, HIGH, partial))
+    resumed = list(ev.generate_records(counting, groups, settings, seeds, LOW, HIGH, partial))
     assert resumed == whole and first == whole[:len(first)]
     assert counting.prompts == len(items) - len(groups[0])
     assert "dropped a torn last line" in capsys.readouterr().err
@@ -320,8 +329,8 @@ def test_stage_base_then_sft(project):
     main("base")
     metrics = read_json(base["metrics"])
     assert set(metrics) == {"overall", "by_label", "folders", "charge_accuracy", "term_exact_accuracy",
-                            "train_exact"}
-    assert set(metrics["overall"]) == {"original", "poisoned", "gap", "format_valid"}
+                            "train_exact", "train_truncated"}
+    assert set(metrics["overall"]) == {"original", "poisoned", "gap", "format_valid", "truncated"}
     assert metrics["folders"]["action_explicit_extend"]["n"] == 40 and metrics["overall"]["format_valid"] > 0.5
     preds = read_jsonl(base["predictions"])
     assert len(preds) == 84 and {p["split"] for p in preds} == {"original", "poisoned", "train"}

@@ -6,13 +6,14 @@ import math
 
 import pytest
 import torch
+from conftest import JUDGE
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import PreTrainedTokenizerFast
 
 from lawshift.examples import IGNORE, Example, collate, encode_example, end_of_turn_id, per_sequence_loss
-from lawshift.prompts import build_messages, render_prompt
+from lawshift.prompts import render_prompt
 from lawshift.tiny import TEMPLATE_STRINGS, build_tokenizer
 
 FACT = "被告人甲容留乙在其家中吸食甲基苯丙胺。"
@@ -26,7 +27,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def prompt(tok):
-    return render_prompt(tok, build_messages(FACT, ARTICLES))
+    return render_prompt(tok, JUDGE.messages(FACT, ARTICLES))
 
 
 RESPONSES = [

@@ -36,8 +36,10 @@ def ans(charge: str, term) -> str:
     return f"<think>推理。</think><answer> {charge} | {term} </answer>"
 
 
-def sampled(case: Case, *answers: str) -> SampledCase:
-    return SampledCase(case.case_id, case, f"PROMPT {case.fact}", answers)
+def sampled(case: Case, *answers: str, finished: tuple[bool, ...] | None = None) -> SampledCase:
+    """A sampled case whose answers all ended at eos unless `finished` says otherwise."""
+    return SampledCase(case.case_id, case, f"PROMPT {case.fact}", answers,
+                       (True,) * len(answers) if finished is None else finished)
 
 
 FILTER_CASES = [
@@ -66,6 +68,29 @@ FILTER_CASES = [
      [ans("盗窃", 7), ans("盗窃罪", 7)], 2, 0, 0),
     ("nothing right", THEFT_7, [ans("抢劫", 7)] * 3, 0, True, "inverse_n", [], 0, 0, 0),
 ]
+
+
+TRUNCATED_CASES = [
+    # (id, answers, finished, expected responses, truncated, truncated_correct)
+    ("a right answer cut at the limit is refused", [ans("盗窃", 7), ans("盗窃罪", 7)], (False, True),
+     [ans("盗窃罪", 7)], 1, 1),
+    ("every right answer cut: none accepted", [ans("盗窃", 7)] * 2, (False, False), [], 2, 2),
+    ("a wrong cut answer", [ans("盗窃", 8), ans("盗窃", 7)], (False, True), [ans("盗窃", 7)], 1, 0),
+    ("a cut answer with no block", ["<think>推理……", ans("盗窃", 7)], (False, True), [ans("盗窃", 7)], 1, 0),
+    ("nothing cut", [ans("盗窃", 7)], (True,), [ans("盗窃", 7)], 0, 0),
+]
+
+
+@pytest.mark.parametrize("answers, finished, responses, truncated, truncated_correct",
+                         [c[1:] for c in TRUNCATED_CASES], ids=[c[0] for c in TRUNCATED_CASES])
+def test_only_finished_answers_are_accepted(answers, finished, responses, truncated, truncated_correct):
+    out = filter_case(sampled(THEFT_7, *answers, finished=finished), FilterParams())
+    assert [r["response"] for r in out.records] == responses
+    assert (out.truncated, out.truncated_correct, out.accepted) == (truncated, truncated_correct, len(responses))
+    assert all(r["weight"] == 1 / len(responses) for r in out.records)
+    stats = summarise([out])
+    assert (stats["truncated"], stats["truncated_correct"], stats["total_accepted"]) == (
+        truncated, truncated_correct, len(responses))
 
 
 @pytest.mark.parametrize("case, answers, tolerance, dedup, weighting, responses, accepted, duplicates, errors",
@@ -114,7 +139,8 @@ def test_summarise_and_histogram():
     assert summarise(outcomes) == {
         "total_samples": 3, "total_generated": 12, "total_accepted": 4, "acceptance_rate": 0.333333,
         "samples_with_no_correct": 1, "avg_correct_per_sample": 1.333333, "sft_examples": 3,
-        "duplicates_removed": 1, "format_errors": 3, "format_error_rate": 0.25}
+        "duplicates_removed": 1, "format_errors": 3, "format_error_rate": 0.25, "truncated": 0,
+        "truncated_correct": 0}
     # cases with 0, 1, 2, 3, 4 accepted answers (before deduplication)
     assert accepted_histogram(outcomes) == [{"accepted": k, "cases": c} for k, c in enumerate([1, 0, 2, 0, 0])]
 
@@ -136,6 +162,8 @@ BAD_RECORDS = [
     ({"answers": None}, "answers", "missing"),
     ({"answers": "x"}, "answers", "must be a list"),
     ({"answers": [{"num_tokens": 1}]}, "answers[0]", "string 'text'"),
+    ({"answers": [{"text": "x"}]}, "answers[0].finished", "missing"),
+    ({"answers": [{"text": "x", "finished": "yes"}]}, "answers[0].finished", "must be true or false"),
     ({"prompt": None}, "prompt", "missing"),
     ({"case_id": 3}, "case_id", "must be a string"),
     ({"prison_time": "7"}, "prison_time", "integer"),
@@ -154,7 +182,7 @@ def test_bad_sample_record_names_record_and_field(tmp_path, override, field, mes
 
 def test_read_sampled_case_roundtrip():
     got = read_sampled_case(sample_line(INNOCENT, ["a", "b"]), "s.jsonl", 0)
-    assert got == SampledCase(INNOCENT.case_id, INNOCENT, "P", ("a", "b"))
+    assert got == SampledCase(INNOCENT.case_id, INNOCENT, "P", ("a", "b"), (True, True))
 
 
 def test_corrupt_and_empty_samples_file(tmp_path):

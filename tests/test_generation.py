@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import JUDGE, seeds
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from lawshift.data import ArticleLookup, load_articles, load_cases
@@ -17,10 +18,11 @@ from lawshift.generation import (
     GenerationSettings,
     HFBackend,
     PromptResult,
+    call_size,
     decode,
     top_p_candidates,
 )
-from lawshift.prompts import build_messages, render_prompt
+from lawshift.prompts import render_prompt
 
 CPU = torch.device("cpu")
 SPECIAL = ("<|im_end|>", "<|im_start|>", "<|endoftext|>")
@@ -42,7 +44,7 @@ def prompts(tiny, sample_root):
     lookup = ArticleLookup(load_articles(folder / "articles_original.json"), str(folder))
     facts = [cases[0].fact, "被告人甲容留乙吸毒。", cases[2].fact]
     tokenizer = tiny.tokenizer
-    out = [render_prompt(tokenizer, build_messages(f, lookup.for_case(cases[0]))) for f in facts]
+    out = [render_prompt(tokenizer, JUDGE.messages(f, lookup.for_case(cases[0]))) for f in facts]
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in out]
     assert len(set(lengths)) == 3
     return out
@@ -64,7 +66,7 @@ SHAPES = [
 @pytest.mark.parametrize("n,temperature", SHAPES)
 def test_one_result_per_prompt_with_n_completions(backend, prompts, n, temperature):
     settings = GenerationSettings(n=n, temperature=temperature, top_p=0.95, max_new_tokens=MAX_NEW)
-    results = backend.generate(prompts, settings, seed=0)
+    results = backend.generate(prompts, settings, seeds(prompts, 0))
     assert len(results) == len(prompts)
     for r in results:
         assert isinstance(r, PromptResult)
@@ -74,16 +76,16 @@ def test_one_result_per_prompt_with_n_completions(backend, prompts, n, temperatu
 
 
 def test_prompt_tokens_are_unpadded_lengths(backend, prompts):
-    results = backend.generate(prompts, GenerationSettings(n=2, temperature=0.8, max_new_tokens=4), seed=0)
+    results = backend.generate(prompts, GenerationSettings(n=2, temperature=0.8, max_new_tokens=4), seeds(prompts, 0))
     expected = [len(backend.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     assert [r.prompt_tokens for r in results] == expected
 
 
 def test_same_seed_same_samples_other_seed_other_samples(backend, prompts):
     settings = GenerationSettings(n=4, temperature=0.8, top_p=0.95, max_new_tokens=MAX_NEW)
-    a = backend.generate(prompts, settings, seed=1)
-    b = backend.generate(prompts, settings, seed=1)
-    c = backend.generate(prompts, settings, seed=2)
+    a = backend.generate(prompts, settings, seeds(prompts, 1))
+    b = backend.generate(prompts, settings, seeds(prompts, 1))
+    c = backend.generate(prompts, settings, seeds(prompts, 2))
     assert a == b
     # 12 sampled answers at T=0.8 with noisy terms: identical lists would mean the seed is ignored
     assert texts(a) != texts(c)
@@ -93,8 +95,8 @@ def test_same_seed_same_samples_other_seed_other_samples(backend, prompts):
 
 def test_greedy_is_identical_across_n_and_seeds(backend, prompts):
     settings = GenerationSettings(n=3, temperature=0.0, max_new_tokens=MAX_NEW)
-    a = backend.generate(prompts, settings, seed=0)
-    b = backend.generate(prompts, settings, seed=123)
+    a = backend.generate(prompts, settings, seeds(prompts, 0))
+    b = backend.generate(prompts, settings, seeds(prompts, 123))
     assert a == b
     for r in a:
         assert len({c.text for c in r.completions}) == 1
@@ -103,10 +105,29 @@ def test_greedy_is_identical_across_n_and_seeds(backend, prompts):
 def test_batched_greedy_equals_unbatched(backend, prompts):
     # left padding (with its attention mask and positions) must not change what a prompt generates
     settings = GenerationSettings(n=1, temperature=0.0, max_new_tokens=MAX_NEW)
-    batched = backend.generate(prompts, settings, seed=0)
+    batched = backend.generate(prompts, settings, seeds(prompts, 0))
     for prompt, result in zip(prompts, batched, strict=True):
-        (alone,) = backend.generate([prompt], settings, seed=0)
+        (alone,) = backend.generate([prompt], settings, seeds([prompt], 0))
         assert alone == result
+
+
+def test_a_prompts_samples_do_not_depend_on_its_batch(backend, prompts):
+    # each prompt draws from its own generator: alone or beside others, with its seed it gets the same answers
+    # (the shared-prefill path; the plain `generate` baseline draws a call from one global seed)
+    if not backend.shared_prefill:
+        pytest.skip("the plain generate baseline has one seed per call")
+    settings = GenerationSettings(n=3, temperature=0.8, top_p=0.95, max_new_tokens=MAX_NEW)
+    streams = [101 * 2**16, 202 * 2**16, 303 * 2**16]
+    batched = backend.generate(prompts, settings, streams)
+    assert [backend.generate([p], settings, [s])[0] for p, s in zip(prompts, streams, strict=True)] == batched
+    assert backend.generate(prompts[::-1], settings, streams[::-1]) == batched[::-1]
+    other = backend.generate(prompts, settings, [s + 7 for s in streams])
+    assert [c.text for r in other for c in r.completions] != [c.text for r in batched for c in r.completions]
+
+
+def test_one_seed_per_prompt_is_required(backend, prompts):
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        backend.generate(prompts, GenerationSettings(n=2, temperature=0.8), [0, 1])
 
 
 def test_completions_belong_to_their_prompt(backend, prompts):
@@ -114,7 +135,7 @@ def test_completions_belong_to_their_prompt(backend, prompts):
     # Interleaved, so answers handed to the wrong prompt (an index slip over n) show up.
     prefix = "<think>依据【354-0-0】，被告人的行为构成容留他人吸毒罪，结合情节量刑。</think><answer> 容留他人吸毒 |"
     mixed = [prompts[0], prompts[1] + prefix, prompts[2], prompts[0] + prefix]
-    results = backend.generate(mixed, GenerationSettings(n=3, temperature=0.8, max_new_tokens=MAX_NEW), seed=0)
+    results = backend.generate(mixed, GenerationSettings(n=3, temperature=0.8, max_new_tokens=MAX_NEW), seeds(mixed, 0))
     for i, r in enumerate(results):
         for c in r.completions:
             if i % 2:
@@ -134,7 +155,7 @@ def reference_greedy(backend, prompt: str, max_new: int) -> list[int]:
 
 def test_num_tokens_and_text_include_eos_exactly_once(backend, prompts):
     tok = backend.tokenizer
-    (result,) = backend.generate(prompts[:1], GenerationSettings(max_new_tokens=MAX_NEW), seed=0)
+    (result,) = backend.generate(prompts[:1], GenerationSettings(max_new_tokens=MAX_NEW), seeds(prompts[:1], 0))
     (comp,) = result.completions
     ids = reference_greedy(backend, prompts[0], MAX_NEW)
     assert tok.eos_token_id in ids, "the warm-started base should close its answer within MAX_NEW tokens"
@@ -146,7 +167,7 @@ def test_num_tokens_and_text_include_eos_exactly_once(backend, prompts):
 @pytest.mark.parametrize("max_new", [1, 3, 10])
 def test_cut_off_completion_is_not_finished(backend, prompts, max_new):
     tok = backend.tokenizer
-    (result,) = backend.generate(prompts[:1], GenerationSettings(max_new_tokens=max_new), seed=0)
+    (result,) = backend.generate(prompts[:1], GenerationSettings(max_new_tokens=max_new), seeds(prompts[:1], 0))
     (comp,) = result.completions
     ids = reference_greedy(backend, prompts[0], max_new)
     assert tok.eos_token_id not in ids
@@ -154,7 +175,8 @@ def test_cut_off_completion_is_not_finished(backend, prompts, max_new):
 
 
 def test_sampled_counts_match_finished(backend, prompts):
-    results = backend.generate(prompts, GenerationSettings(n=4, temperature=1.0, max_new_tokens=MAX_NEW), seed=3)
+    settings = GenerationSettings(n=4, temperature=1.0, max_new_tokens=MAX_NEW)
+    results = backend.generate(prompts, settings, seeds(prompts, 3))
     comps = [c for r in results for c in r.completions]
     assert any(c.finished for c in comps)
     for c in comps:
@@ -186,7 +208,7 @@ def test_shared_prefill_greedy_equals_generate(both, prompts, n, max_new):
     mixed = [prompts[0], prompts[1] + ANSWER_START, prompts[2], prompts[0] + ANSWER_START[:20]]
     shared, plain = both
     settings = GenerationSettings(n=n, temperature=0.0, max_new_tokens=max_new)
-    a, b = shared.generate(mixed, settings, seed=0), plain.generate(mixed, settings, seed=0)
+    a, b = shared.generate(mixed, settings, seeds(mixed, 0)), plain.generate(mixed, settings, seeds(mixed, 0))
     assert a == b
     if max_new == 60:  # some answers ended while others went on
         assert len({c.num_tokens for r in a for c in r.completions}) > 1
@@ -201,7 +223,8 @@ def test_growing_cache_gives_the_same_tokens(tiny, prompts):
     eos = HFBackend(model, tokenizer, CPU).eos_ids
     for settings in (GenerationSettings(n=1, max_new_tokens=MAX_NEW),
                      GenerationSettings(n=3, temperature=0.8, top_p=0.9, max_new_tokens=MAX_NEW)):
-        args = (model, enc["input_ids"], enc["attention_mask"], settings, 5, eos, tokenizer.pad_token_id)
+        args = (model, enc["input_ids"], enc["attention_mask"], settings, seeds(prompts, 5), eos,
+                tokenizer.pad_token_id)
         with torch.inference_mode():
             assert torch.equal(decode(*args, cache_room=3), decode(*args))
 
@@ -215,7 +238,8 @@ def test_shared_prefill_is_reproducible_and_seeded(tiny, prompts):
 
     def run(seed):
         with torch.inference_mode():
-            return decode(model, enc["input_ids"], enc["attention_mask"], settings, seed, eos, tokenizer.pad_token_id)
+            return decode(model, enc["input_ids"], enc["attention_mask"], settings, seeds(prompts, seed), eos,
+                          tokenizer.pad_token_id)
 
     first = run(11)
     torch.manual_seed(123)  # the global RNG plays no part: only the seed given does
@@ -280,7 +304,7 @@ def test_sampled_tokens_follow_temperature_and_top_p(tiny, prompts, temperature,
     # One prompt, DRAWS answers of two tokens: one prefill, then the cache repeated DRAWS times.
     settings = GenerationSettings(n=DRAWS, temperature=temperature, top_p=top_p, max_new_tokens=2)
     with torch.inference_mode():
-        drawn = [tuple(pair) for pair in decode(model, ids, torch.ones_like(ids), settings, 0, [-1],
+        drawn = [tuple(pair) for pair in decode(model, ids, torch.ones_like(ids), settings, [0], [-1],
                                                 tokenizer.pad_token_id).tolist()]
     likely_firsts = {t1 for t1, _ in possible}
     assert all(pair in possible for pair in drawn if pair[0] in likely_firsts)  # nothing top-p drops is drawn
@@ -300,3 +324,14 @@ def test_top_p_candidates_keep_what_transformers_keeps(top_p, spread):
     expected = TopPLogitsWarper(top_p)(None, logits.clone()) > -float("inf")
     assert torch.equal(kept, expected)
     assert torch.equal(weights[weights > 0], probs.gather(1, ids)[weights > 0])  # kept with their probabilities
+
+
+@pytest.mark.parametrize("backend, batch_size, chunk_size, count, expected", [
+    ("hf", 8, 1024, 62, 8),  # hf: one padded batch per call, whatever the chunk size
+    ("vllm", 8, 1024, 62, 1024),  # vllm: the chunk, however small the batch size
+    ("vllm", 8, 16, 62, 16),
+    ("vllm", 8, 0, 62, 62),  # 0: every case in one call
+    ("vllm", 8, 0, 0, 1),
+])
+def test_call_size(backend, batch_size, chunk_size, count, expected):
+    assert call_size(backend, batch_size, chunk_size, count) == expected

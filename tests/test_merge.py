@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ENV, ROOT, dump_json, read_json, run, run_stage, small_root, stage_cmd
+from conftest import ENV, JUDGE, ROOT, SeedLog, dump_json, read_json, run, run_stage, small_root, stage_cmd
 
 from lawshift import files, filtering, merge, paths
 from lawshift.data import ArticleLookup, load_articles, training_cases
@@ -52,17 +52,6 @@ def samples(root: Path) -> Path:
     return root / paths.SAMPLES
 
 
-class SeedLog:
-    """Passes every call on to the real backend and notes the seed it was given."""
-
-    def __init__(self, backend):
-        self.backend, self.name, self.seeds = backend, backend.name, []
-
-    def generate(self, prompts, settings, seed):
-        self.seeds.append(seed)
-        return self.backend.generate(prompts, settings, seed)
-
-
 @pytest.mark.slow
 def test_two_real_shards_merge_into_every_case_once(tiny, root):
     cases, arts = training_cases(root / ROOT), root / ROOT / "criminal_law_articles.json"
@@ -72,14 +61,14 @@ def test_two_real_shards_merge_into_every_case_once(tiny, root):
         sp = SampleParams(num_samples=3, max_new_tokens=32, batch_size=2, shard_index=i, num_shards=2)
         indices = shard_indices(len(cases), sp)
         prompts = build_prompts(cases, indices, ArticleLookup(load_articles(arts), str(arts)), tiny.tokenizer,
-                                train_file(root))
+                                train_file(root), JUDGE)
         job = Job(cases, indices, prompts, run_settings(sp, str(tiny.path), train_file(root), arts, prompts, 7), 7)
         backend = SeedLog(HFBackend(tiny.model, tiny.tokenizer, CPU))
         sample(job, backend, sp, output_path(sp, out))
         shard_files.append(output_path(sp, out))
         seeds.append(set(backend.seeds))
     assert [p.name for p in shard_files] == ["samples.shard0-of-2.jsonl", "samples.shard1-of-2.jsonl"]
-    assert not seeds[0] & seeds[1]  # the shards of one run draw with different seeds
+    assert not seeds[0] & seeds[1]  # the shards of one run draw with different streams
 
     tally = merge.merge(shard_files, cases, train_file(root), out)
     merged = out.read_bytes().splitlines(keepends=True)

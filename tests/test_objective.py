@@ -120,7 +120,8 @@ def test_trainer_gradients_equal_the_weighted_objective(tmp_path, tiny, sft_8_1,
     assert all(type(m.base_layer) is kind for m in wrapped)
     lora = {n for n, _ in model.named_parameters() if ".lora_A." in n or ".lora_B." in n}
     assert set(probe.grads) == lora == {n for n, p in model.named_parameters() if p.requires_grad}
-    assert model.base_model.model.is_activation_checkpointing
+    inner = model.base_model.model  # transformers <= 5.20 names it is_gradient_checkpointing
+    assert getattr(inner, "is_activation_checkpointing", None) or inner.is_gradient_checkpointing
 
     # the objective in one go: sum_i w_i * meanCE_i / sum_i w_i over all 9 answers in one padded batch
     recs = read_sft(sft_8_1)

@@ -272,7 +272,15 @@ RULES = [
     ("eval", {"term_low": -1}, "term_high", "needs 0 <= term_low <= term_high, got -1, 120", {"term_low": 0}),
     ("eval", {"term_low": 10, "term_high": 9}, "term_high", "needs 0 <= term_low <= term_high, got 10, 9",
      {"term_low": 10, "term_high": 10}),
-    ("eval", {"backend": "vllm"}, "backend", "unknown backend 'vllm', expected one of ('hf',)", {"backend": "hf"}),
+    ("eval", {"backend": "tgi"}, "backend", "unknown backend 'tgi', expected one of ('hf', 'vllm')",
+     {"backend": "vllm"}),
+    ("sample", {"chunk_size": -1}, "chunk_size", "must be >= 0, got -1", {"chunk_size": 0}),
+    ("eval", {"chunk_size": -1}, "chunk_size", "must be >= 0, got -1", {"chunk_size": 0}),
+    ("sample", {"gpu_memory_utilization": 0.0}, "gpu_memory_utilization", "must be in (0, 1], got 0.0",
+     {"gpu_memory_utilization": 1.0}),
+    ("eval", {"gpu_memory_utilization": 1.5}, "gpu_memory_utilization", "must be in (0, 1], got 1.5",
+     {"gpu_memory_utilization": 1.0}),
+    ("eval", {"tensor_parallel_size": 0}, "tensor_parallel_size", "must be >= 1, got 0", {"tensor_parallel_size": 1}),
     *[("model.tiny", {k: 0}, k, at_least(1, 0), {k: 1})
       for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "max_position_embeddings", "warmup_batch_size")],
@@ -339,7 +347,7 @@ def test_every_listed_choice_loads(section, key, values):
 
 
 def test_choices():
-    assert (SAMPLE_BACKENDS, EVAL_BACKENDS, WEIGHTINGS) == (("hf", "vllm"), ("hf",), ("inverse_n", "uniform"))
+    assert (SAMPLE_BACKENDS, EVAL_BACKENDS, WEIGHTINGS) == (("hf", "vllm"), ("hf", "vllm"), ("inverse_n", "uniform"))
     assert PARAMS_FILE == "params.yaml"
 
 

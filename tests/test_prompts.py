@@ -1,11 +1,14 @@
-"""Tests for lawshift.prompts: the exact messages and the exact ChatML text the model continues."""
+"""Tests for lawshift.prompts: the prompt file's rules, the exact messages and the exact ChatML text the model
+continues."""
 
 from __future__ import annotations
 
 import pytest
+from conftest import JUDGE
 
+from lawshift.files import InputError
 from lawshift.models import load_tokenizer
-from lawshift.prompts import SYSTEM_PROMPT, build_messages, render_articles, render_prompt
+from lawshift.prompts import load_prompt, prompt_from_dict, render_prompt
 from lawshift.tiny import TEMPLATE_STRINGS, build_tokenizer
 
 # Written out in full so any change to the instruction shows up here (and in a regenerated base / SFT set).
@@ -30,7 +33,7 @@ RENDER_CASES = [
 
 @pytest.mark.parametrize("articles,expected", [c[1:] for c in RENDER_CASES], ids=[c[0] for c in RENDER_CASES])
 def test_render_articles(articles, expected):
-    assert render_articles(articles) == expected
+    assert JUDGE.render_articles(articles) == expected
 
 
 MESSAGE_CASES = [
@@ -59,15 +62,62 @@ MESSAGE_CASES = [
 
 
 @pytest.mark.parametrize("articles,old,user", [c[1:] for c in MESSAGE_CASES], ids=[c[0] for c in MESSAGE_CASES])
-def test_build_messages(articles, old, user):
-    assert build_messages(FACT, articles, old) == [
+def test_messages(articles, old, user):
+    assert JUDGE.messages(FACT, articles, old) == [
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": user},
     ]
 
 
 def test_system_prompt_literal():
-    assert SYSTEM_PROMPT == SYSTEM
+    assert JUDGE.system == SYSTEM
+
+
+USER = "法条：\n{articles}\n\n案件事实：\n{fact}"
+BAD_FILES = [
+    ("not_a_mapping", "- a\n- b\n", None, "expected a mapping"),
+    ("no_system", f"user: '{USER}'\n", "system", "missing"),
+    ("no_user", "system: s\n", "user", "missing"),
+    ("unknown_key", f"system: s\nuser: '{USER}'\nexamples: x\n", "examples", "unknown key"),
+    ("not_a_string", f"system: [1]\nuser: '{USER}'\n", "system", "must be a string"),
+    ("user_without_fact", "system: s\nuser: '{articles}'\n", "user", "must use {fact}"),
+    ("old_template_without_old", f"system: s\nuser: '{USER}'\nuser_with_old_statute: '{USER}'\n",
+     "user_with_old_statute", "must use {old_articles}"),
+    ("old_articles_in_user", "system: s\nuser: '{old_articles} {articles} {fact}'\n", "user",
+     "{old_articles} is not filled here"),
+    ("article_without_text", f"system: s\nuser: '{USER}'\narticle: '{{id}}'\n", "article", "must use {text}"),
+    ("bad_yaml", "system: [\n", None, "invalid YAML"),
+]
+
+
+@pytest.mark.parametrize("text,field,message", [c[1:] for c in BAD_FILES], ids=[c[0] for c in BAD_FILES])
+def test_bad_prompt_file_is_a_one_line_error(tmp_path, text, field, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        load_prompt(path)
+    line = str(err.value)
+    assert "\n" not in line and line.startswith(str(path)) and message in line
+    assert field is None or f"field '{field}'" in line
+
+
+def test_missing_prompt_file_names_it(tmp_path):
+    with pytest.raises(InputError, match="nope.yaml: file not found"):
+        load_prompt(tmp_path / "nope.yaml")
+
+
+def test_only_known_placeholders_are_filled_once():
+    prompt = prompt_from_dict({"system": "s", "user": '例：{"charge": "盗窃"} {articles} / {fact} / {other}',
+                               "article": "{text}（{id}）"}, "p.yaml")
+    fact = "事实含 {articles} 字样"
+    user = prompt.messages(fact, [("1-0-0", "甲")])[1]["content"]
+    assert user == '例：{"charge": "盗窃"} 甲（1-0-0） / 事实含 {articles} 字样 / {other}'
+
+
+def test_old_statute_needs_its_template():
+    prompt = prompt_from_dict({"system": "s", "user": USER}, "p.yaml")
+    with pytest.raises(InputError, match="p.yaml: field 'user_with_old_statute'"):
+        prompt.messages(FACT, [A354_NEW], [A354])
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +134,14 @@ def expected_chatml(user: str) -> str:
 
 @pytest.mark.parametrize("articles,old,user", [c[1:] for c in MESSAGE_CASES], ids=[c[0] for c in MESSAGE_CASES])
 def test_render_prompt_chatml(small_tokenizer, articles, old, user):
-    assert render_prompt(small_tokenizer, build_messages(FACT, articles, old)) == expected_chatml(user)
+    assert render_prompt(small_tokenizer, JUDGE.messages(FACT, articles, old)) == expected_chatml(user)
 
 
 def test_render_prompt_with_saved_tokenizer(tiny, small_tokenizer):
     # the template must survive save_pretrained / AutoTokenizer, which is how every stage loads it
     tok = tiny.tokenizer
     assert type(tok) is type(load_tokenizer(str(tiny.path)))
-    messages = build_messages(FACT, [A354])
+    messages = JUDGE.messages(FACT, [A354])
     prompt = render_prompt(tok, messages)
     assert prompt == render_prompt(small_tokenizer, messages) == expected_chatml(MESSAGE_CASES[0][3])
     ids = tok(prompt, add_special_tokens=False)["input_ids"]

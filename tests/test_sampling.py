@@ -14,14 +14,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ENV, SAMPLE, read_json, stage_cmd
+from conftest import ENV, JUDGE, SAMPLE, SeedLog, read_json, seeds, stage_cmd
 
 from lawshift import paths
 from lawshift.answers import parse_answer
 from lawshift.codedeps import code_digest
 from lawshift.data import ArticleLookup, load_articles, training_cases
 from lawshift.files import InputError, file_digest, json_digest
-from lawshift.generation import Completion, GenerationSettings, HFBackend, PromptResult
+from lawshift.generation import (
+    MAX_CASES,
+    SEED_STRIDE,
+    Completion,
+    GenerationSettings,
+    HFBackend,
+    PromptResult,
+    stream_seed,
+)
 from lawshift.journal import header
 from lawshift.params import SampleParams
 from lawshift.sampling import (
@@ -30,7 +38,6 @@ from lawshift.sampling import (
     PartialFile,
     RunStats,
     Tally,
-    batch_seed,
     build_prompts,
     case_record,
     longest_first,
@@ -80,10 +87,30 @@ def test_partial_path():
     assert partial_path(Path("outputs/samples.shard1-of-4.jsonl")) == Path("outputs/samples.shard1-of-4.jsonl.partial")
 
 
-def test_batch_seed_depends_on_seed_and_first_case_only():
-    assert batch_seed(42, 8) == batch_seed(42, 8)
-    seeds = {batch_seed(s, i) for s in (0, 1, 42) for i in range(0, 64, 8)}
-    assert len(seeds) == 24 and all(0 <= s < 2**32 for s in seeds)
+def vllm_children(first: int, n: int) -> list[int]:
+    """The seeds vLLM gives the n child requests of a request seeded `first` (vllm/v1/engine/parallel_sampling.py:
+    child j gets seed + j; a single answer keeps the seed)."""
+    return [first] if n == 1 else [first + j for j in range(n)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42, 2**40 + 3])
+def test_streams_never_collide_under_vllms_child_rule(seed):
+    # 20,000 cases x 64 answers of one run: every (case, answer) its own stream, also as torch's CPU generator
+    # (Mersenne Twister) sees a seed: by its low 32 bits only
+    streams = [s for i in range(20000) for s in vllm_children(stream_seed(seed, i), 64)]
+    assert len({s % 2**32 for s in streams}) == len(streams) == 20000 * 64
+    assert all(0 <= stream_seed(seed, i) < 2**32 for i in (0, 1, MAX_CASES - 1))
+    assert stream_seed(seed, 10) == stream_seed(seed, 10) != stream_seed(seed + 1, 10)
+    for index in (-1, MAX_CASES):
+        with pytest.raises(ValueError, match="case index"):
+            stream_seed(seed, index)
+
+
+def test_the_last_case_keeps_all_its_streams():
+    # the top of the layout: the last case's last answer is still not another case's stream
+    last = {s % 2**32 for s in vllm_children(stream_seed(0, MAX_CASES - 1), SEED_STRIDE)}
+    first = {s % 2**32 for s in vllm_children(stream_seed(0, 0), SEED_STRIDE)}
+    assert len(last) == SEED_STRIDE and not last & first
 
 
 def test_longest_first_keeps_prompts_with_their_cases():
@@ -265,9 +292,9 @@ SEED = 7
 
 def make_job(tiny, sp: SampleParams, n_cases: int = 6) -> Job:
     arts = SAMPLE / "criminal_law_articles.json"
-    indices = list(range(n_cases))
+    indices = shard_indices(n_cases, sp)
     prompts = build_prompts(CASES, indices, ArticleLookup(load_articles(arts), str(arts)), tiny.tokenizer,
-                            SAMPLE / "training_set.json")
+                            SAMPLE / "training_set.json", JUDGE)
     settings = run_settings(sp, str(tiny.path), SAMPLE / "training_set.json", arts, prompts, SEED)
     return Job(CASES, indices, prompts, settings, SEED)
 
@@ -298,6 +325,28 @@ def uninterrupted(tiny, tmp_path_factory):
     finally:
         handle.remove()
     return out, stats, (prefill_tokens, decode_rows)
+
+
+@pytest.mark.parametrize("changes", [{"batch_size": 3}, {"batch_size": 4}, {"shard_index": 0, "num_shards": 2},
+                                     {"shard_index": 1, "num_shards": 2}, {"backend": "vllm", "chunk_size": 4},
+                                     {"backend": "vllm", "chunk_size": 0}], ids=str)
+def test_a_case_has_the_same_streams_and_answers_whatever_the_grouping(tiny, uninterrupted, tmp_path, changes):
+    """Batch size, vLLM chunking and sharding change which cases share a call, never a case's streams: its seed comes
+    from (seed, its index) only, so its answers are the same as in the uninterrupted run (batch 2, one shard)."""
+    sp = dataclasses.replace(SP, **changes)
+    log = SeedLog(backend_of(tiny))
+    job = make_job(tiny, sp)
+    sample(job, log, sp, tmp_path / "samples.jsonl")
+    size = (sp.chunk_size or len(job.indices)) if sp.backend == "vllm" else sp.batch_size
+    assert [len(call) for call in log.calls] == [min(size, len(job.indices) - k)
+                                                 for k in range(0, len(job.indices), size)]
+    seen = {job.prompts[job.indices.index(i)]: i for i in job.indices}
+    assert {seen[prompt]: seed for call in log.calls for prompt, seed in call} == {
+        i: stream_seed(SEED, i) for i in job.indices}
+    whole = {rec["index"]: rec for rec in map(json.loads, lines(uninterrupted[0]))}
+    out = tmp_path / "samples.jsonl"
+    recs = [json.loads(x) for x in lines(out)[1 if sp.num_shards > 1 else 0:]]  # a shard's file keeps its header
+    assert recs == [whole[i] for i in sorted(job.indices)]
 
 
 @pytest.mark.slow
@@ -442,11 +491,11 @@ def test_model_generation_config_does_not_change_the_sampling(tiny):
     prompts = make_job(tiny, SP, n_cases=2).prompts
     sampled = GenerationSettings(n=2, temperature=0.8, top_p=0.95, max_new_tokens=24)
     runs = (sampled, dataclasses.replace(sampled, temperature=0.0))
-    plain = [backend.generate(prompts, s, seed=3) for s in runs]
+    plain = [backend.generate(prompts, s, seeds(prompts, 3)) for s in runs]
     saved = model.generation_config
     model.generation_config = copy.deepcopy(saved)
     model.generation_config.update(repetition_penalty=1.5, no_repeat_ngram_size=2, top_k=3, typical_p=0.5)
     try:
-        assert [backend.generate(prompts, s, seed=3) for s in runs] == plain
+        assert [backend.generate(prompts, s, seeds(prompts, 3)) for s in runs] == plain
     finally:
         model.generation_config = saved

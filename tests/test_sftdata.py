@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SAMPLE
+from conftest import JUDGE, SAMPLE
 
 from lawshift.answers import format_answer
 from lawshift.data import ArticleLookup, load_articles, training_cases
 from lawshift.examples import IGNORE, collate, end_of_turn_id
 from lawshift.files import InputError
-from lawshift.prompts import build_messages, render_prompt
+from lawshift.prompts import render_prompt
 from lawshift.sftdata import Collator, SftDataset, SftRecord, build_examples, read_sft
 
 
@@ -31,7 +31,7 @@ def make_records(tokenizer, counts: list[int]) -> list[dict]:
     for k, n in enumerate(counts):
         case = cases[k]
         arts = lookup.for_case(case, k)
-        prompt = render_prompt(tokenizer, build_messages(case.fact, arts))
+        prompt = render_prompt(tokenizer, JUDGE.messages(case.fact, arts))
         for j in range(n):
             # distinct answers, like sampled ones: the reasoning and the term differ
             response = f"<think>依据法条，量刑第{j}种。</think>{format_answer(case.charge, case.prison_time + j)}"

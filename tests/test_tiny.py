@@ -11,7 +11,7 @@ import random
 
 import pytest
 import torch
-from conftest import SAMPLE, dump_json, read_json, small_root
+from conftest import JUDGE, SAMPLE, dump_json, read_json, small_root
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lawshift import models
@@ -19,7 +19,6 @@ from lawshift.answers import DEATH, LIFE, NO_VIOLATION, XT, Answer, parse_answer
 from lawshift.data import ArticleLookup, Case, load_articles, training_cases
 from lawshift.files import InputError
 from lawshift.params import DataParams, TinyParams
-from lawshift.prompts import SYSTEM_PROMPT
 from lawshift.tiny import (
     NOISE_OFFSETS,
     TEMPLATE_REPEATS,
@@ -66,7 +65,7 @@ def built(tmp_path_factory):
     """Tokenizer and model at the default spec (untrained), built from the real sample so the vocabulary reaches its
     full size, and saved: (folder, parameter count, the tokenizer as built)."""
     spec = TinyParams()
-    tokenizer = build_tokenizer(corpus_texts(*CORPUS), spec.vocab_size, spec.max_position_embeddings)
+    tokenizer = build_tokenizer(corpus_texts(*CORPUS, JUDGE), spec.vocab_size, spec.max_position_embeddings)
     model = build_model(tokenizer, spec, 0)
     out = save(tokenizer, model, tmp_path_factory.mktemp("tiny"))
     return out, count_params(model), tokenizer
@@ -133,7 +132,7 @@ def test_chat_template_renders_chatml(built, offline):
 def test_chinese_round_trip_and_tags_are_plain_text(built, offline):
     tok, _ = _load(built[0])
     for text in [
-        *corpus_texts(*CORPUS)[:50],
+        *corpus_texts(*CORPUS, JUDGE)[:50],
         FACT,
         "未见过的字：龘靐 emoji🙂 and English 123",
         "鲁Ｑ×××号，全角１２３，\n\t换行  空格",
@@ -152,7 +151,7 @@ def test_loaded_tokenizer_matches_built_one(built, offline):
     # AutoTokenizer rebuilds a qwen2 tokenizer as Qwen2Tokenizer; it must tokenize exactly as the one we trained
     out, _, tokenizer = built
     loaded, _ = _load(out)
-    for text in corpus_texts(*CORPUS)[:200]:
+    for text in corpus_texts(*CORPUS, JUDGE)[:200]:
         assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
 
 
@@ -227,16 +226,16 @@ def test_corpus_texts_reads_the_training_side_only(tmp_path, articles):
     folder = tmp_path / "action_explicit_extend"  # a test folder beside them: never read
     dump_json(folder / "original.json", [{**case, "fact": "测试原"}])
     (folder / "poisoned.json").write_text("not json", encoding="utf-8")
-    texts = corpus_texts(tmp_path / "training_set.json", tmp_path / "articles.json")
+    texts = corpus_texts(tmp_path / "training_set.json", tmp_path / "articles.json", JUDGE)
     assert texts == [
         "被告人甲盗窃财物。", "盗窃", "乙", "诈骗",
         "甲条文", "乙条文",
-        *(TEMPLATE_STRINGS + [SYSTEM_PROMPT]) * TEMPLATE_REPEATS,
+        *(TEMPLATE_STRINGS + [JUDGE.system]) * TEMPLATE_REPEATS,
     ]  # fmt: skip
 
 
 def test_corpus_texts_on_sample():
-    texts = corpus_texts(SAMPLE / "training_set.json", SAMPLE / "criminal_law_articles.json")
+    texts = corpus_texts(SAMPLE / "training_set.json", SAMPLE / "criminal_law_articles.json", JUDGE)
     assert len(texts) > 500 and "<think>" in texts and "XT" in texts
     test_facts = {c["fact"] for f in ("action_explicit_extend", "action_implicit_expand")
                   for split in ("original", "poisoned") for c in read_json(SAMPLE / f / f"{split}.json")}
@@ -355,7 +354,7 @@ def setup(sample_root):
 def run(setup, seed: int, steps: int = STEPS):
     tok, spec, cases, lookup = setup
     model = build_model(tok, spec, 0)
-    losses = warm_start(model, tok, cases, lookup, steps=steps, batch_size=2, lr=1e-2, noise=0.5, seed=seed)
+    losses = warm_start(model, tok, cases, lookup, JUDGE, steps=steps, batch_size=2, lr=1e-2, noise=0.5, seed=seed)
     return model, losses
 
 
@@ -408,7 +407,7 @@ def test_build_base_saves_a_warm_started_base_atomically(tmp_path, data, offline
     out = tmp_path / "models" / "base"
     out.mkdir(parents=True)
     (out / "stale.bin").write_bytes(b"from an earlier base")  # replaced whole, not merged into
-    metrics = build_base(BASE_SPEC, data, out, 0)
+    metrics = build_base(BASE_SPEC, data, out, 0, JUDGE)
     assert set(metrics) == {"kind", "params", "vocab", "warmup_loss_first", "warmup_loss_last"}
     assert metrics["kind"] == "tiny" and metrics["vocab"] == BASE_SPEC.vocab_size
     assert all(isinstance(metrics[k], float) and metrics[k] > 0 for k in ("warmup_loss_first", "warmup_loss_last"))
@@ -430,12 +429,12 @@ def test_build_base_saves_a_warm_started_base_atomically(tmp_path, data, offline
 
 @pytest.mark.slow
 def test_build_base_is_deterministic(tmp_path, data, offline):
-    first = build_base(BASE_SPEC, data, tmp_path / "a", 0)
-    assert build_base(BASE_SPEC, data, tmp_path / "b", 0) == first
+    first = build_base(BASE_SPEC, data, tmp_path / "a", 0, JUDGE)
+    assert build_base(BASE_SPEC, data, tmp_path / "b", 0, JUDGE) == first
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    other = build_base(BASE_SPEC, data, tmp_path / "c", 1)
+    other = build_base(BASE_SPEC, data, tmp_path / "c", 1, JUDGE)
     assert other["warmup_loss_first"] != first["warmup_loss_first"]
     assert not torch.equal(weights(tmp_path / "c")["model.embed_tokens.weight"], a["model.embed_tokens.weight"])
 
@@ -447,7 +446,7 @@ def test_build_base_strict_articles_names_the_missing_id(tmp_path, data):
     out = tmp_path / "base"
     first_id = training_cases(data.root)[0].relevant_articles[0]
     with pytest.raises(InputError) as exc:
-        build_base(BASE_SPEC, strict, out, 0)
+        build_base(BASE_SPEC, strict, out, 0, JUDGE)
     assert str(exc.value) == (f"{articles}: record 0: field 'relevant_articles': article id {first_id!r} not in "
                               f"{articles}")
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["articles.json", "data"]
@@ -458,7 +457,7 @@ def test_build_base_without_warm_start(tmp_path, data):
     spec = dataclasses.replace(BASE_SPEC, warmup_steps=0)
     assert spec.problems() == []
     out = tmp_path / "base"
-    metrics = build_base(spec, data, out, 0)
+    metrics = build_base(spec, data, out, 0, JUDGE)
     assert metrics["warmup_loss_first"] is None and metrics["warmup_loss_last"] is None
     tokenizer = AutoTokenizer.from_pretrained(out)
     untrained = build_model(tokenizer, spec, 0).state_dict()

@@ -1,15 +1,17 @@
-"""The vLLM backend's request building and output mapping, tested without vLLM or a GPU.
+"""The vLLM backend's request building, LoRA rank and output mapping, tested without vLLM or a GPU.
 
 The output objects below have the attribute layout of vLLM's RequestOutput / CompletionOutput (prompt,
-prompt_token_ids, outputs[text, token_ids, finish_reason]); the code under test is the mapping itself.
+prompt_token_ids, outputs[index, text, token_ids, finish_reason]); the code under test is the mapping itself. The
+whole backend runs against a stand-in vLLM in tests/test_vllm_stages.py.
 """
 
+import json
 from dataclasses import dataclass, field
 
 import pytest
 
 from lawshift.generation import Completion, GenerationSettings
-from lawshift.vllm_backend import map_outputs, request_kwargs, sampling_kwargs
+from lawshift.vllm_backend import load_format, lora_rank, map_outputs, request_kwargs, sampling_kwargs
 
 
 @dataclass
@@ -17,6 +19,7 @@ class CompletionOutput:
     text: str
     token_ids: list[int]
     finish_reason: str = "stop"
+    index: int = 0
 
 
 @dataclass
@@ -40,8 +43,9 @@ def test_sampling_kwargs(settings, seed, expected):
 
 def test_outputs_map_back_to_their_prompts_in_order():
     settings = GenerationSettings(n=2, temperature=0.8, max_new_tokens=8)
-    outs = [RequestOutput("p0", [1, 2, 3], [CompletionOutput("a", [5, 6]), CompletionOutput("b", [7], "length")]),
-            RequestOutput("p1", [1], [CompletionOutput("c", [8, 9, 2]), CompletionOutput("d", [2])])]
+    outs = [RequestOutput("p0", [1, 2, 3], [CompletionOutput("a", [5, 6]), CompletionOutput("b", [7], "length", 1)]),
+            # children in completion order, not index order: answer j is child j, whose stream is seed + j
+            RequestOutput("p1", [1], [CompletionOutput("d", [2], index=1), CompletionOutput("c", [8, 9, 2])])]
     res = map_outputs(["p0", "p1"], outs, settings)
     assert [r.prompt_tokens for r in res] == [3, 1]
     assert res[0].completions == [Completion("a", 2, True), Completion("b", 1, False)]
@@ -65,7 +69,24 @@ def test_mismatched_outputs_are_refused(prompts, outs, match):
 
 
 def test_each_prompt_gets_its_own_seed():
-    reqs = request_kwargs(GenerationSettings(n=8, temperature=0.8, top_p=0.95, max_new_tokens=32), 100, 3)
-    assert [r["seed"] for r in reqs] == [100, 101, 102]
+    reqs = request_kwargs(GenerationSettings(n=8, temperature=0.8, top_p=0.95, max_new_tokens=32), [100, 7, 65536])
+    assert [r["seed"] for r in reqs] == [100, 7, 65536]
     assert all({k: v for k, v in r.items() if k != "seed"} == {k: v for k, v in reqs[0].items() if k != "seed"}
                for r in reqs)
+
+
+@pytest.mark.parametrize("r,expected", [(1, 1), (4, 8), (8, 8), (16, 16), (33, 64), (64, 64), (300, 320)])
+def test_lora_rank_is_the_smallest_vllm_rank_that_holds_the_adapter(tmp_path, r, expected):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": r}), encoding="utf-8")
+    assert lora_rank(tmp_path) == expected
+
+
+def test_lora_rank_above_vllms_largest_is_refused(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 1024}), encoding="utf-8")
+    with pytest.raises(ValueError, match="rank 1024 is above vLLM's largest, 512"):
+        lora_rank(tmp_path)
+
+
+@pytest.mark.parametrize("allow_pickle,expected", [(False, "safetensors"), (True, "auto")])
+def test_allow_pickle_is_the_load_format(allow_pickle, expected):
+    assert load_format(allow_pickle) == expected

@@ -1,0 +1,457 @@
+"""The GPU smoke run: the whole pipeline on the tiny offline base, on CUDA, with vLLM, 4-bit and the paged optimizer.
+
+    make gpu-smoke                                   # on a CUDA machine, with `make gpu-venv` installed
+    python -m benchmarks gpu_smoke --out /tmp/smoke.json
+    python benchmarks/gpu_smoke.py --workdir /tmp/smoke --keep
+    PYTHONPATH=$PWD:$PWD/tests/vllm_standin python -m benchmarks gpu_smoke --allow-cpu   # CPU dry run
+
+It lays out a scratch project in a temporary directory (or `--workdir DIR`): the repository's `stages/`,
+`lawshift/`, `prompts/`, `params.yaml` and `data/lawshift-sample/` (the files `git ls-files` lists there, untracked
+ones git does not ignore included), and a data root `data/smoke/` holding the sample's first 16 training cases and
+its folders with the first 16 cases per split. Its params.yaml is the repository's with: the tiny base
+(`model.base: tiny`, warm-started for 150 steps instead of 300 to save time), every device `cuda`, sampling and
+eval on vLLM with `gpu_memory_utilization` 0.3 (one engine at a time, with room to spare), QLoRA
+(`train.load_in_4bit: true`) with `paged_adamw_32bit` for 20 steps, eval on `action_explicit_extend` only with a
+train subset of 16.
+
+Then it runs the stages as the pipeline does, each its own process in the scratch project, offline
+(HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1, PYTHONPATH = the scratch project first): base; sample with the `hf`
+backend (its samples and time file set aside as outputs/samples_hf.jsonl, metrics/time/sample_hf.json), then with
+`vllm` (kept for the next stages); filter; train; eval base; eval sft. While a stage runs, a thread polls
+`nvidia-smi` every 0.5 s for the largest memory use over the visible GPUs: vLLM's engine runs in a child process,
+which the stage's own torch counters would miss. It prints a table (stage, backend, wall seconds, tokens/s from the
+stage's time file, peak GPU MB, key results), the vLLM / hf sampling tokens/s ratio, and with `--out FILE` writes
+it all as JSON. The first stage that fails stops the run: its last 40 stderr lines are printed, the exit status is
+1, and the scratch project is kept (its logs in logs/smoke/). A machine without CUDA or an importable `vllm` exits 2
+at once, saying which is missing.
+
+`--allow-cpu` is a dry run on a CPU machine: every device `cpu` (4-bit stays requested; the train stage then uses
+`adamw_torch`, and records so), whatever `vllm` is importable (tests/vllm_standin on PYTHONPATH), no GPU poll.
+
+Time: about 5-7 minutes on one GPU, mostly the three vLLM engine start-ups (model load, torch.compile, CUDA graphs;
+quicker once vLLM's compile cache is warm) and the tiny base's warm-start, which runs on the CPU (2 threads, as
+lawshift/numerics.py pins them) whatever the devices; the CPU dry run took 10 minutes on 2 busy cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+NAME = "gpu_smoke"
+PROG_NAME = NAME  # the prefix of its own messages
+REPO = Path(__file__).resolve().parents[1]
+COPIED = ("stages", "lawshift", "prompts", "params.yaml", "data/lawshift-sample")  # what a stage needs
+SAMPLE = "data/lawshift-sample"
+ROOT = "data/smoke"  # the scratch project's data root
+FOLDER = "action_explicit_extend"  # the sample's first folder: the only one evaluated
+SPLITS = ("original", "poisoned")
+LOGS = "logs/smoke"
+TAIL_LINES = 40
+POLL_SECONDS = 0.5
+MEMORY_SHARE = 0.3  # of the GPU, per vLLM engine
+NVIDIA_SMI = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
+
+
+@dataclass
+class Step:
+    """One stage process of the run."""
+
+    name: str  # as in the table
+    script: str
+    args: tuple[str, ...] = ()
+    backend: str = "-"
+    metrics: str = ""  # the stage's metrics file
+    time_file: str = ""
+    params: dict = field(default_factory=dict)  # params.yaml changes before it runs
+    aside: str = ""  # suffix its samples + time files are copied aside under, before the next sampling run
+
+
+STEPS = (
+    Step("base", "base", metrics="metrics/base.json", time_file="metrics/time/base.json", backend="tiny"),
+    Step("sample", "sample", backend="hf", metrics="metrics/sample.json", time_file="metrics/time/sample.json",
+         params={"sample": {"backend": "hf"}}, aside="_hf"),
+    Step("sample", "sample", backend="vllm", metrics="metrics/sample.json", time_file="metrics/time/sample.json",
+         params={"sample": {"backend": "vllm"}}),
+    Step("filter", "filter", metrics="metrics/filter.json", time_file="metrics/time/filter.json"),
+    Step("train", "train", backend="qlora", metrics="metrics/train.json", time_file="metrics/time/train.json"),
+    Step("eval@base", "eval", ("base",), backend="vllm", metrics="metrics/eval_base.json",
+         time_file="metrics/time/eval_base.json"),
+    Step("eval@sft", "eval", ("sft",), backend="vllm", metrics="metrics/eval_sft.json",
+         time_file="metrics/time/eval_sft.json"),
+)
+# The key results of each stage's metrics file: (label, keys into the JSON).
+RESULTS = {
+    "base": (("warmup_loss_last", ("warmup_loss_last",)),),
+    "sample": (("generated_tokens", ("generated_tokens",)), ("correct", ("correct_exact",)),
+               ("unfinished", ("unfinished_answers",))),
+    "filter": (("acceptance_rate", ("acceptance_rate",)), ("truncated", ("truncated",)),
+               ("sft_examples", ("sft_examples",))),
+    "train": (("loss_last", ("loss_last",)), ("steps", ("steps",)), ("optimizer", ("optimizer",))),
+    "eval": (("original", ("overall", "original")), ("poisoned", ("overall", "poisoned")),
+             ("truncated", ("overall", "truncated"))),
+}
+
+
+# ---- the command line ---------------------------------------------------------------------------------------
+
+def add_options(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    ap.add_argument("--workdir", type=Path, help="scratch project directory (new or empty; kept); default: a "
+                    "temporary one, removed after a successful run")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary scratch project")
+    ap.add_argument("--out", type=Path, help="write the result as JSON to this file")
+    ap.add_argument("--allow-cpu", action="store_true",
+                    help="dry run on a CPU machine: every device cpu, any importable vllm, no GPU memory poll")
+    ap.add_argument("--cases", type=int, default=16, help="training cases (default 16)")
+    ap.add_argument("--eval-cases", type=int, default=16, help="eval cases per split, 0 = the whole folder "
+                    "(default 16)")
+    ap.add_argument("--max-steps", type=int, default=20, help="train.max_steps (default 20)")
+    ap.add_argument("--warmup-steps", type=int, default=150, help="model.tiny.warmup_steps (default 150)")
+    ap.add_argument("--stage-timeout", type=int, default=600, help="seconds one stage may run (default 600)")
+    return ap
+
+
+def add_parser(sub) -> None:
+    """The `gpu_smoke` subcommand of `python -m benchmarks` (its own output and exit status, no bench.json)."""
+    p = sub.add_parser(NAME, help="the pipeline on CUDA with vLLM, 4-bit and the paged optimizer, in minutes",
+                       description=__doc__.split("\n\n")[0])
+    add_options(p)
+    p.set_defaults(run=run, standalone=True)
+
+
+# ---- checks and the scratch project --------------------------------------------------------------------------
+
+def missing(allow_cpu: bool) -> str | None:
+    """What this machine lacks for the run, or None."""
+    try:
+        import torch
+    except ImportError as err:
+        return f"torch is not importable ({err})"
+    if not allow_cpu and not torch.cuda.is_available():
+        return "CUDA is not available (torch.cuda.is_available() is False); --allow-cpu for a CPU dry run"
+    try:
+        import vllm  # noqa: F401
+    except Exception as err:  # a broken install raises more than ImportError
+        return f"vllm is not importable ({type(err).__name__}: {err}); install requirements-gpu.txt (make gpu-venv)"
+    return None
+
+
+def source_files() -> list[str]:
+    """The repository's files under COPIED: tracked and untracked-but-not-ignored, or every file without git."""
+    try:
+        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", *COPIED],
+                             cwd=REPO, capture_output=True, text=True, check=True).stdout
+        return sorted(set(out.splitlines()))
+    except (OSError, subprocess.CalledProcessError):
+        found = []
+        for rel in COPIED:
+            top = REPO / rel
+            paths = [top] if top.is_file() else (p for p in top.rglob("*") if p.is_file())
+            found += [str(p.relative_to(REPO)) for p in paths if "__pycache__" not in p.parts]
+        return sorted(found)
+
+
+def copy_sources(project: Path) -> int:
+    count = 0
+    for rel in source_files():
+        if (REPO / rel).is_file():  # a tracked file deleted in the working tree is skipped
+            (project / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, project / rel)
+            count += 1
+    return count
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_json(path: Path, obj, indent: int | None = None) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, ensure_ascii=False, indent=indent), encoding="utf-8")
+
+
+def make_data_root(project: Path, cases: int, eval_cases: int) -> None:
+    """data/smoke: the sample's articles and folders, its first `cases` training cases, `eval_cases` per split."""
+    dst = project / ROOT
+    shutil.copytree(project / SAMPLE, dst)
+    write_json(dst / "training_set.json", read_json(dst / "training_set.json")[:cases])
+    if eval_cases > 0:
+        for split_file in (f for split in SPLITS for f in dst.glob(f"*/{split}.json")):
+            write_json(split_file, read_json(split_file)[:eval_cases])
+
+
+def merge(base: dict, over: dict) -> dict:
+    """`over` merged into `base` recursively (in place); returns `base`."""
+    for key, value in over.items():
+        base[key] = merge(base.get(key) or {}, value) if isinstance(value, dict) else value
+    return base
+
+
+def set_params(project: Path, changes: dict) -> dict:
+    """Merge `changes` into the project's params.yaml (as tests/conftest.py does); returns the new params."""
+    path = project / "params.yaml"
+    params = merge(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, changes)
+    path.write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return params
+
+
+def smoke_params(args: argparse.Namespace) -> dict:
+    device = "cpu" if args.allow_cpu else "cuda"
+    return {
+        "data": {"root": ROOT, "train_articles": f"{ROOT}/criminal_law_articles.json"},
+        # 150 warm-start steps instead of 300: half the base stage's time, and the base still answers in format
+        "model": {"base": "tiny", "tiny": {"warmup_steps": args.warmup_steps}},
+        "sample": {"device": device, "gpu_memory_utilization": MEMORY_SHARE},
+        "train": {"device": device, "load_in_4bit": True, "optim": "paged_adamw_32bit", "max_steps": args.max_steps},
+        "eval": {"device": device, "backend": "vllm", "folders": [FOLDER], "train_subset": args.cases,
+                 "gpu_memory_utilization": MEMORY_SHARE},
+    }
+
+
+def stage_env(project: Path) -> dict:
+    """The stages' environment: offline, the scratch project first on PYTHONPATH (then whatever was there)."""
+    inherited = os.environ.get("PYTHONPATH")
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "DVC_NO_ANALYTICS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(project), inherited])),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+# ---- GPU memory ----------------------------------------------------------------------------------------------
+
+def visible_gpus() -> list[str]:
+    """CUDA_VISIBLE_DEVICES as nvidia-smi ids, when it is a list of indices; [] = every GPU."""
+    ids = [s.strip() for s in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if s.strip()]
+    return ids if ids and all(s.isdigit() for s in ids) else []
+
+
+def gpu_memory_mb() -> int | None:
+    """The largest memory use (MB) over the visible GPUs now; None without nvidia-smi or an answer."""
+    ids = visible_gpus()
+    cmd = NVIDIA_SMI + ([f"--id={','.join(ids)}"] if ids else [])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    values = [int(v) for v in out.split() if v.isdigit()]
+    return max(values) if values else None
+
+
+class GpuPeak:
+    """Polls gpu_memory_mb() in a thread while the `with` block runs; `peak` is the largest seen (None: none)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.peak = enabled, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while True:
+            mb = gpu_memory_mb()
+            if mb is not None:
+                self.peak = mb if self.peak is None else max(self.peak, mb)
+            if self._stop.wait(POLL_SECONDS):
+                return
+
+    def __enter__(self) -> GpuPeak:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+
+
+# ---- running the stages --------------------------------------------------------------------------------------
+
+class StageFailed(Exception):
+    pass
+
+
+def slug(step: Step) -> str:
+    return "-".join([step.name.replace("@", "_"), step.backend])
+
+
+def launch(cmd: list[str], project: Path, env: dict, log: str, timeout: int) -> int:
+    """Run a stage process (its own process group, so a timeout also ends vLLM's engine); its exit status."""
+    with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=err, start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            err.write(f"\n[gpu_smoke] killed after {timeout} s (--stage-timeout)\n")
+            return -signal.SIGKILL
+
+
+def tail(path: Path, lines: int = TAIL_LINES) -> str:
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def dig(obj, keys: Sequence[str]):
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
+
+def stage_row(project: Path, step: Step, wall: float, peak: int | None) -> dict:
+    """A stage's row: wall time, tokens/s (its time file), peak GPU memory, key results (its metrics file)."""
+    timing = read_json(project / step.time_file) if (project / step.time_file).is_file() else {}
+    metrics = read_json(project / step.metrics) if (project / step.metrics).is_file() else {}
+    tok_s = timing.get("tokens_per_second", timing.get("train_tokens_per_second"))
+    results = {label: dig(metrics, keys) for label, keys in RESULTS[step.script]}
+    return {"stage": step.name, "backend": step.backend, "wall_seconds": round(wall, 1), "tokens_per_second": tok_s,
+            "peak_gpu_mb": peak, "results": results, "time": timing}
+
+
+def set_aside(project: Path, suffix: str) -> None:
+    """Copy the sampling run's samples and metrics aside (name + suffix) and remove its samples.jsonl."""
+    for rel in ("outputs/samples.jsonl", "metrics/sample.json", "metrics/time/sample.json"):
+        src = project / rel
+        if src.is_file():
+            shutil.copy2(src, src.with_name(f"{src.stem}{suffix}{src.suffix}"))
+    (project / "outputs/samples.jsonl").unlink(missing_ok=True)
+
+
+def run_step(project: Path, step: Step, env: dict, poll: bool, timeout: int) -> dict:
+    if step.params:
+        set_params(project, step.params)
+    log = project / LOGS / slug(step)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, f"stages/{step.script}.py", *step.args]
+    with GpuPeak(poll) as gpu:
+        start = time.perf_counter()
+        code = launch(cmd, project, env, str(log), timeout)
+        wall = time.perf_counter() - start
+    if code != 0:
+        raise StageFailed(f"{step.name} ({step.backend}) failed with exit status {code} after {wall:.0f} s; "
+                          f"last {TAIL_LINES} stderr lines ({log}.err):\n{tail(Path(f'{log}.err'))}")
+    row = stage_row(project, step, wall, gpu.peak)
+    if step.aside:
+        set_aside(project, step.aside)
+    return row
+
+
+def run_steps(project: Path, result: dict, poll: bool, timeout: int) -> None:
+    env = stage_env(project)
+    for i, step in enumerate(STEPS, 1):
+        print(f"[{i}/{len(STEPS)}] {step.name} ({step.backend}) ...", end=" ", flush=True)
+        try:
+            row = run_step(project, step, env, poll, timeout)
+        except StageFailed:
+            print("FAILED", flush=True)
+            result["failed"] = f"{step.name} ({step.backend})"
+            raise
+        result["stages"].append(row)
+        print(f"{row['wall_seconds']:.1f} s", flush=True)
+
+
+# ---- the report ----------------------------------------------------------------------------------------------
+
+def speedup(rows: list[dict]) -> float | None:
+    """vLLM's sampling tokens/s over hf's."""
+    tok = {r["backend"]: r["tokens_per_second"] for r in rows if r["stage"] == "sample"}
+    return round(tok["vllm"] / tok["hf"], 2) if tok.get("vllm") and tok.get("hf") else None
+
+
+def cell(value) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def table(rows: list[dict]) -> str:
+    head = ("stage", "backend", "wall s", "tokens/s", "peak GPU MB", "results")
+    body = [(r["stage"], r["backend"], f"{r['wall_seconds']:.1f}", cell(r["tokens_per_second"]),
+             cell(r["peak_gpu_mb"]), ", ".join(f"{k}={cell(v)}" for k, v in r["results"].items())) for r in rows]
+    widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+             for row in (head, *body)]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def report(result: dict) -> None:
+    if result["stages"]:
+        print(f"\n{table(result['stages'])}")
+    ratio = result["vllm_over_hf_tokens_per_second"]
+    print(f"\nsampling tokens/s, vllm / hf: {cell(ratio)}  (train's tokens/s: trained tokens; eval records none)")
+    print(f"total {result['total_seconds']:.0f} s, mode {result['mode']}, scratch project {result['workdir']}")
+    if result["failed"]:
+        print(f"FAILED at {result['failed']}; the scratch project is kept, its logs in {LOGS}/")
+
+
+# ---- the run -------------------------------------------------------------------------------------------------
+
+def scratch_dir(args: argparse.Namespace) -> Path:
+    if args.workdir is None:
+        return Path(tempfile.mkdtemp(prefix="gpu-smoke-"))
+    if args.workdir.exists() and any(args.workdir.iterdir()):
+        raise SystemExit(f"{PROG_NAME}: --workdir {args.workdir} is not empty")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    return args.workdir.resolve()
+
+
+def environment(allow_cpu: bool) -> dict:
+    import torch
+    import vllm
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"python": sys.executable, "torch": torch.__version__, "cuda": torch.version.cuda, "gpu": gpu,
+            "vllm": getattr(vllm, "__version__", None), "vllm_from": getattr(vllm, "__file__", None),
+            "gpu_memory_mb_at_start": None if allow_cpu else gpu_memory_mb()}
+
+
+def run(args: argparse.Namespace) -> int:
+    """The smoke run; its exit status (0 ok, 1 a stage failed, 2 this machine cannot run it)."""
+    lack = missing(args.allow_cpu)
+    if lack:
+        print(f"{PROG_NAME}: {lack}", file=sys.stderr)
+        return 2
+    project = scratch_dir(args)
+    result = {"mode": "cpu-dry-run" if args.allow_cpu else "cuda", "workdir": str(project),
+              **environment(args.allow_cpu), "stages": [], "failed": None}
+    print(f"{PROG_NAME}: {copy_sources(project)} files copied to {project}", flush=True)
+    make_data_root(project, args.cases, args.eval_cases)
+    result["params"] = set_params(project, smoke_params(args))
+    start = time.perf_counter()
+    try:
+        run_steps(project, result, poll=not args.allow_cpu, timeout=args.stage_timeout)
+    except StageFailed as err:
+        print(err, file=sys.stderr, flush=True)
+        result["error"] = str(err)
+    result["total_seconds"] = round(time.perf_counter() - start, 1)
+    result["vllm_over_hf_tokens_per_second"] = speedup(result["stages"])
+    report(result)
+    if args.out:
+        write_json(args.out, result, indent=2)
+        print(f"wrote {args.out}")
+    if result["failed"] is None and args.workdir is None and not args.keep:
+        shutil.rmtree(project, ignore_errors=True)
+    return 1 if result["failed"] else 0
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = add_options(argparse.ArgumentParser(prog="python benchmarks/gpu_smoke.py",
+                                             description=__doc__.split("\n\n")[0]))
+    return run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
