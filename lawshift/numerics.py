@@ -1,4 +1,4 @@
-"""CPU numerics pinned, so the default pipeline gives the same bytes on any Intel x86-64 machine with AVX2.
+"""CPU numerics pinned, so the default pipeline gives the same bytes on any x86-64 machine with AVX2, Intel or AMD.
 
 Float results on a CPU depend on which instructions the kernels use (a sum in AVX-512 lanes rounds differently from
 one in AVX2 lanes) and on how work is split over threads. torch picks both per machine, so without a pin two
@@ -7,8 +7,10 @@ imported (lawshift/__init__.py), which every stage does before anything imports 
 
 * `ATEN_CPU_CAPABILITY=avx2`: torch's own vectorised kernels (initialisation, softmax, norms, AdamW, reductions)
   use their AVX2 build on every machine that has AVX2, AVX-512 ones included;
-* `MKL_CBWR=AVX2,STRICT`: MKL, which does every fp32 matmul of torch's CPU wheel, takes its AVX2 code path in
-  Conditional Numerical Reproducibility mode; STRICT makes a matmul's result independent of the thread count;
+* `MKL_CBWR=COMPATIBLE`: MKL, which does every fp32 matmul of torch's CPU wheel, takes its COMPATIBLE code path in
+  Conditional Numerical Reproducibility mode: SSE2 without the approximate rcpps/rsqrtps instructions, the one
+  branch MKL supports on Intel and non-Intel processors alike (its AVX2 branch is Intel-only: an AMD machine falls
+  back to MKL's automatic choice, and other digits). Reproducible for a fixed thread count, which is pinned below;
   `MKL_ENABLE_INSTRUCTIONS=AVX2` keeps a caller's wider setting from reaching MKL's other functions;
 * `ONEDNN_MAX_CPU_ISA=DNNL_MAX_CPU_ISA=AVX2`: the same for oneDNN, should an op take its path;
 * `OMP_NUM_THREADS=MKL_NUM_THREADS=2` (and `torch.set_num_threads(2)`): the same split of work everywhere (two
@@ -18,9 +20,10 @@ They override what the caller set: forcing `ATEN_CPU_CAPABILITY=avx512` from out
 (tests/test_numerics.py runs the base stage under forced capabilities and compares bytes). `LAWSHIFT_NUMERICS=native`
 turns the pins off, to measure what they cost. When torch is imported,
 `configure_torch` also turns on `torch.use_deterministic_algorithms` on CPU-only machines (warn-only: an op without a
-deterministic version warns instead of stopping a run). What could not be pinned, and why, is in the README
-(Reproducibility): MKL honours the AVX2 branch on Intel processors only, and bitsandbytes' 4-bit inference kernels
-pick AVX-512-BF16 code by CPUID (the pipeline never runs them: training runs in training mode, eval unquantised).
+deterministic version warns instead of stopping a run). What it costs and what could not be
+pinned is in the README (Reproducibility): the COMPATIBLE branch is slower (the warm-start takes about 1.6x its time
+on the AVX2 branch), and bitsandbytes' 4-bit inference kernels pick AVX-512-BF16 code by CPUID (the pipeline never
+runs them: training runs in training mode, eval unquantised).
 GPU runs are not bitwise reproducible; `settings()` records what a run ran on in every stage's time file.
 """
 
@@ -30,7 +33,7 @@ import os
 import platform
 import sys
 
-PINS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+PINS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
         "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
 THREADS = 2
 _state = {"pinned": False}

@@ -57,7 +57,7 @@ def results_table(root: str | Path = ".") -> str:
     if not evals:
         raise InputError(root / "metrics", "no eval metrics: run the pipeline first (make repro)")
     filt = read_json(root / paths.FILTER_METRICS) if (root / paths.FILTER_METRICS).is_file() else {}
-    lines = ["The default run (`make repro`; the same digits on any Intel x86-64 machine with AVX2, see "
+    lines = ["The default run (`make repro`; the same digits on any x86-64 machine with AVX2, Intel or AMD, see "
              "Reproducibility); regenerate with `python -m lawshift.results`.", "",
              "| model | train exact | LawShift original | LawShift poisoned | gap | format valid |",
              "|---|---|---|---|---|---|"]

@@ -27,6 +27,7 @@ FORCED = {  # what another machine (or a caller) would pick: none of it may reac
     "generic kernels": {"ATEN_CPU_CAPABILITY": "default"},
     "an AVX-512 machine": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AVX512", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
                            "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "DNNL_MAX_CPU_ISA": "AVX512_CORE"},
+    "MKL's automatic branch (what a non-Intel machine gets from an Intel-only one)": {"MKL_CBWR": "AUTO"},
     "an AVX2 machine, one thread": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
                                     "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1",
                                     "MKL_NUM_THREADS": "1"},
@@ -46,8 +47,17 @@ def test_forced_capabilities_give_identical_bytes(project):
     assert len(set(digests.values())) == 1, digests
     recorded = read_json(root / "metrics" / "time" / "base.json")["numerics"]
     assert recorded["pinned"] is True
-    assert (recorded["aten_capability"], recorded["mkl_cbwr"], recorded["torch_threads"]) == ("AVX2", "AVX2,STRICT",
+    assert (recorded["aten_capability"], recorded["mkl_cbwr"], recorded["torch_threads"]) == ("AVX2", "COMPATIBLE",
                                                                                              numerics.THREADS)
+
+
+def test_control_the_mkl_branch_reaches_the_bytes(project):
+    # without the pins, MKL's AUTO and COMPATIBLE branches write other weights: the MKL pin is not a no-op
+    root = project(base=False, params=TINY)
+    native = {branch: weights_digest(root, {"LAWSHIFT_NUMERICS": "native", "ATEN_CPU_CAPABILITY": "avx2",
+                                            "OMP_NUM_THREADS": "2", "MKL_CBWR": branch})
+              for branch in ("AUTO", "COMPATIBLE")}
+    assert native["AUTO"] != native["COMPATIBLE"]
 
 
 def test_control_without_the_pin_the_forcing_changes_the_bytes(project):
