@@ -108,7 +108,6 @@ def build_prompts(cases: Sequence[Case], indices: Sequence[int], lookup: Article
             for i in indices]
 
 
-
 # --- fingerprint -------------------------------------------------------------------------------------------------
 
 def run_settings(sp: SampleParams, model: str, training_set: str | Path, articles: str | Path,
