@@ -218,7 +218,7 @@ def top_p_candidates(probs: torch.Tensor, top_p: float, k: int = 16) -> tuple[to
     return top.masked_fill(above >= top_p, 0.0), ids
 
 
-def draw(weights: torch.Tensor, generators: Sequence[torch.Generator | None], owners: torch.Tensor) -> torch.Tensor:
+def draw(weights: torch.Tensor, generators: Sequence[torch.Generator], owners: torch.Tensor) -> torch.Tensor:
     """One index per row of `weights`, each row drawn with the generator of its prompt, `generators[owners[row]]`.
     `owners` is sorted (rows are grouped by prompt), so each prompt's rows are one slice and one draw."""
     if len(generators) == 1:
@@ -233,14 +233,12 @@ def draw(weights: torch.Tensor, generators: Sequence[torch.Generator | None], ow
     return out
 
 
-def next_tokens(logits: torch.Tensor, settings: GenerationSettings, generators: Sequence[torch.Generator | None],
-                owners: torch.Tensor | None = None) -> torch.Tensor:
+def next_tokens(logits: torch.Tensor, settings: GenerationSettings, generators: Sequence[torch.Generator],
+                owners: torch.Tensor) -> torch.Tensor:
     """One token per row of float32 `logits`: argmax when greedy, else temperature, top-p, then a draw from the
-    row's prompt's generator (`owners[row]` indexes `generators`; None: one generator for every row)."""
+    row's prompt's generator (`owners[row]` indexes `generators`)."""
     if settings.greedy:
         return logits.argmax(dim=-1)
-    if owners is None:
-        owners = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     probs = (logits / settings.temperature).softmax(dim=-1)
     if settings.top_p >= 1:
         return draw(probs, generators, owners)
@@ -356,7 +354,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, setting
     n = 1 if settings.greedy else settings.n
     if len(seeds) != input_ids.shape[0]:
         raise ValueError(f"{len(seeds)} seeds for {input_ids.shape[0]} prompts")
-    generators = [None] if settings.greedy else [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    generators = [] if settings.greedy else [torch.Generator(device=device).manual_seed(s) for s in seeds]
     cache, logits = prefill(model, input_ids, attention_mask, room=min(settings.max_new_tokens, cache_room))
     mask = None if bool((attention_mask == 1).all()) else attention_mask
     if n > 1:

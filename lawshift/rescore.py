@@ -28,6 +28,7 @@ from lawshift.data import SPLITS, Case, folder_labels
 from lawshift.evaluation import EvalItem, compute_metrics, score_answer
 from lawshift.files import InputError
 from lawshift.params import EvalParams
+from lawshift.results import pct
 from lawshift.scoring import LABEL_TYPES
 
 RESPONSE_KEYS = ("full_response", "response")  # the public scripts write the first; other runners the second
@@ -201,16 +202,12 @@ def rescore(paths: Sequence[str | Path], low: int, high: int) -> dict:
                          "answers": len(records)}}
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
-
-
 def summary_line(result: dict, out: str | Path) -> str:
     o, a = result["overall"], result["agreement"]
-    agree = (f"agreement with the logs' is_correct {a['agree']}/{a['records']} = {_pct(a['share'])}" if a["records"]
+    agree = (f"agreement with the logs' is_correct {a['agree']}/{a['records']} = {pct(a['share'])}" if a["records"]
              else "no is_correct in the logs to compare")
     return (f"rescored {len(result['folders'])} folder(s), {result['rescored']['answers']} answer(s): original "
-            f"{_pct(o['original'])}, poisoned {_pct(o['poisoned'])}; {agree} -> {out}")
+            f"{pct(o['original'])}, poisoned {pct(o['poisoned'])}; {agree} -> {out}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

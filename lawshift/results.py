@@ -17,7 +17,7 @@ SEEDS = "metrics/seeds.json"  # written by python -m lawshift.seeds
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def _pct(x) -> str:
+def pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
@@ -44,8 +44,8 @@ def spread_table(seeds: dict) -> list[str]:
         values = [r[key] for r in runs.values() if r.get(key) is not None]
         if not values:
             continue
-        lines.append(f"| {_label(key)} | {_pct(default[key])} | {_pct(sum(values) / len(values))} "
-                     f"| {_pct(min(values))} – {_pct(max(values))} |")
+        lines.append(f"| {_label(key)} | {pct(default[key])} | {pct(sum(values) / len(values))} "
+                     f"| {pct(min(values))} – {pct(max(values))} |")
     return lines
 
 
@@ -63,10 +63,10 @@ def results_table(root: str | Path = ".") -> str:
              "|---|---|---|---|---|---|"]
     for name, m in evals.items():
         o = m["overall"]
-        lines.append(f"| {name} | {_pct(m.get('train_exact'))} | {_pct(o['original'])} | {_pct(o['poisoned'])} "
-                     f"| {_pct(o['gap'])} | {_pct(o['format_valid'])} |")
+        lines.append(f"| {name} | {pct(m.get('train_exact'))} | {pct(o['original'])} | {pct(o['poisoned'])} "
+                     f"| {pct(o['gap'])} | {pct(o['format_valid'])} |")
     if filt:
-        lines += ["", f"Rejection sampling accepted {_pct(filt.get('acceptance_rate'))} of "
+        lines += ["", f"Rejection sampling accepted {pct(filt.get('acceptance_rate'))} of "
                       f"{filt.get('total_generated')} answers; {filt.get('samples_with_no_correct')} of "
                       f"{filt.get('total_samples')} cases had none accepted."]
     seeds_file = root / SEEDS
