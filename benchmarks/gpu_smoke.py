@@ -16,8 +16,9 @@ train subset of 16.
 
 Then it runs the stages as the pipeline does, each its own process in the scratch project, offline
 (HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1, PYTHONPATH = the scratch project first): base; sample with the `hf`
-backend (its samples and time file set aside as outputs/samples_hf.jsonl, metrics/time/sample_hf.json), then with
-`vllm` (kept for the next stages); filter; train; eval base; eval sft. While a stage runs, a thread polls
+backend (its samples and time file set aside as outputs/round1/samples_hf.jsonl, metrics/time/round1/sample_hf.json),
+then with `vllm` (kept for the next stages); filter; train; eval base; eval round1; round 2's sampling with vLLM
+from base + round 1's adapter (a LoRARequest). While a stage runs, a thread polls
 `nvidia-smi` every 0.5 s for the largest memory use over the visible GPUs: vLLM's engine runs in a child process,
 which the stage's own torch counters would miss. It prints a table (stage, backend, wall seconds, tokens/s from the
 stage's time file, peak GPU MB, key results), the vLLM / hf sampling tokens/s ratio, and with `--out FILE` writes
@@ -51,6 +52,8 @@ from pathlib import Path
 
 import yaml
 
+from lawshift import paths
+
 NAME = "gpu_smoke"
 PROG_NAME = NAME  # the prefix of its own messages
 REPO = Path(__file__).resolve().parents[1]
@@ -80,18 +83,22 @@ class Step:
     aside: str = ""  # suffix its samples + time files are copied aside under, before the next sampling run
 
 
+R1, R2 = paths.round_files("round1"), paths.round_files("round2")
+EB, E1 = paths.eval_files("base"), paths.eval_files("round1")
 STEPS = (
-    Step("base", "base", metrics="metrics/base.json", time_file="metrics/time/base.json", backend="tiny"),
-    Step("sample", "sample", backend="hf", metrics="metrics/sample.json", time_file="metrics/time/sample.json",
-         params={"sample": {"backend": "hf"}}, aside="_hf"),
-    Step("sample", "sample", backend="vllm", metrics="metrics/sample.json", time_file="metrics/time/sample.json",
-         params={"sample": {"backend": "vllm"}}),
-    Step("filter", "filter", metrics="metrics/filter.json", time_file="metrics/time/filter.json"),
-    Step("train", "train", backend="qlora", metrics="metrics/train.json", time_file="metrics/time/train.json"),
-    Step("eval@base", "eval", ("base",), backend="vllm", metrics="metrics/eval_base.json",
-         time_file="metrics/time/eval_base.json"),
-    Step("eval@sft", "eval", ("sft",), backend="vllm", metrics="metrics/eval_sft.json",
-         time_file="metrics/time/eval_sft.json"),
+    Step("base", "base", metrics=paths.BASE_METRICS, time_file=paths.BASE_TIME, backend="tiny"),
+    Step("sample@round1", "sample", ("round1",), backend="hf", metrics=R1["sample_metrics"],
+         time_file=R1["sample_time"], params={"sample": {"backend": "hf"}}, aside="_hf"),
+    Step("sample@round1", "sample", ("round1",), backend="vllm", metrics=R1["sample_metrics"],
+         time_file=R1["sample_time"], params={"sample": {"backend": "vllm"}}),
+    Step("filter@round1", "filter", ("round1",), metrics=R1["filter_metrics"], time_file=R1["filter_time"]),
+    Step("train@round1", "train", ("round1",), backend="qlora", metrics=R1["train_metrics"],
+         time_file=R1["train_time"]),
+    Step("eval@base", "eval", ("base",), backend="vllm", metrics=EB["metrics"], time_file=EB["time"]),
+    Step("eval@round1", "eval", ("round1",), backend="vllm", metrics=E1["metrics"], time_file=E1["time"]),
+    # round 2 samples from base + round 1's adapter: vLLM with the adapter through a LoRARequest
+    Step("sample@round2", "sample", ("round2",), backend="vllm+lora", metrics=R2["sample_metrics"],
+         time_file=R2["sample_time"]),
 )
 # The key results of each stage's metrics file: (label, keys into the JSON).
 RESULTS = {
@@ -322,11 +329,11 @@ def stage_row(project: Path, step: Step, wall: float, peak: int | None) -> dict:
 
 def set_aside(project: Path, suffix: str) -> None:
     """Copy the sampling run's samples and metrics aside (name + suffix) and remove its samples.jsonl."""
-    for rel in ("outputs/samples.jsonl", "metrics/sample.json", "metrics/time/sample.json"):
+    for rel in (R1["samples"], R1["sample_metrics"], R1["sample_time"]):
         src = project / rel
         if src.is_file():
             shutil.copy2(src, src.with_name(f"{src.stem}{suffix}{src.suffix}"))
-    (project / "outputs/samples.jsonl").unlink(missing_ok=True)
+    (project / R1["samples"]).unlink(missing_ok=True)
 
 
 def run_step(project: Path, step: Step, env: dict, poll: bool, timeout: int) -> dict:
@@ -366,7 +373,7 @@ def run_steps(project: Path, result: dict, poll: bool, timeout: int) -> None:
 
 def speedup(rows: list[dict]) -> float | None:
     """vLLM's sampling tokens/s over hf's."""
-    tok = {r["backend"]: r["tokens_per_second"] for r in rows if r["stage"] == "sample"}
+    tok = {r["backend"]: r["tokens_per_second"] for r in rows if r["stage"] == "sample@round1"}
     return round(tok["vllm"] / tok["hf"], 2) if tok.get("vllm") and tok.get("hf") else None
 
 

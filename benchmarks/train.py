@@ -36,7 +36,7 @@ from lawshift.files import InputError
 from lawshift.params import TrainParams, load_params
 from lawshift.prompts import Prompt, load_prompt
 
-SFT = Path(paths.SFT_DATA)
+SFT = Path(paths.round_files("round1")["sft"])
 GROUPING = {"random": False, "group_by_length": True}  # train.group_by_length of each train run
 
 

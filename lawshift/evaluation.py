@@ -15,6 +15,7 @@ The flow is `build_items` / `train_items` -> `generate_records` (one scored reco
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -154,21 +155,60 @@ def _rate(values: Iterable[float]) -> float | None:
     return round(sum(values) / len(values), 6) if values else None
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k estimate from n draws of which c succeeded (Chen et al. 2021, Codex): the chance that k
+    of the n draws, chosen without replacement, hold at least one success. k = n gives `c > 0`; k = 1 gives c / n."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority_success(answers: Sequence[dict]) -> bool:
+    """Majority vote over one prompt's records, in draw order: the most frequent parsed answer (verdict, charge,
+    term), ties going to the one seen first, scored as its first record was. Unparsed answers do not vote; a prompt
+    with none parsed fails. (A record's success depends on its parse alone, so any record of the answer would do.)"""
+    votes: dict[tuple, list] = {}
+    for r in answers:
+        if r["parse"] is not None:
+            key = (r["parse"]["verdict"], r["parse"]["charge"], r["parse"]["term"])
+            votes.setdefault(key, [0, r])[0] += 1
+    if not votes:
+        return False
+    count, first = max(votes.values(), key=lambda v: v[0])  # max keeps the first of equal counts: dicts are ordered
+    return bool(first["success"])
+
+
+def _prompts(records: Iterable[dict], key: str = "success") -> dict[str, list[dict]]:
+    """Each prompt's records whose field `key` applies (is not None), in draw order."""
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: r["sample"]):
+        if r[key] is not None:
+            out[r["id"]].append(r)
+    return out
+
+
 def _per_prompt(records: Iterable[dict], key: str) -> dict[str, float]:
     """Mean of a boolean field over each prompt's k answers (k sampled answers are averaged, as LawShift does).
     Records whose field is None (the check does not apply) are left out."""
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for r in records:
-        if r[key] is not None:
-            hits[r["id"]].append(bool(r[key]))
-    return {pid: sum(v) / len(v) for pid, v in hits.items()}
+    return {pid: sum(bool(r[key]) for r in rs) / len(rs) for pid, rs in _prompts(records, key).items()}
 
 
-def _split_summary(records: list[dict]) -> dict:
-    by_split = {s: _per_prompt((r for r in records if r["split"] == s), "success") for s in SPLITS}
-    original, poisoned = _rate(by_split["original"].values()), _rate(by_split["poisoned"].values())
+def success_rates(records: Iterable[dict], k: int) -> dict[str, float | None]:
+    """Over prompts, each counting once: `mean` success of their draws, `pass_at_k` and `majority` vote success."""
+    groups = _prompts(records).values()
+    return {"mean": _rate(sum(bool(r["success"]) for r in rs) / len(rs) for rs in groups),
+            "pass_at_k": _rate(pass_at_k(len(rs), sum(bool(r["success"]) for r in rs), min(k, len(rs)))
+                               for rs in groups),
+            "majority": _rate(majority_success(rs) for rs in groups)}
+
+
+def _split_summary(records: list[dict], k: int) -> dict:
+    rates = {s: success_rates((r for r in records if r["split"] == s), k) for s in SPLITS}
+    original, poisoned = rates["original"]["mean"], rates["poisoned"]["mean"]
     gap = round(original - poisoned, 6) if original is not None and poisoned is not None else None
     return {"original": original, "poisoned": poisoned, "gap": gap,
+            "pass_at_k": {s: rates[s]["pass_at_k"] for s in SPLITS},
+            "majority": {s: rates[s]["majority"] for s in SPLITS},
             "format_valid": _rate(r["parse"] is not None for r in records), "truncated": _truncated(records)}
 
 
@@ -178,34 +218,48 @@ def _truncated(records: Iterable[dict]) -> float | None:
     return _rate(not r["finished"] for r in records if "finished" in r)
 
 
-def compute_metrics(records: Sequence[dict]) -> dict:
+def answers_per_prompt(records: Iterable[dict]) -> int:
+    """The fewest answers any prompt has (the k of pass@k); 0 without records."""
+    counts = defaultdict(int)
+    for r in records:
+        counts[r["id"]] += 1
+    return min(counts.values(), default=0)
+
+
+def compute_metrics(records: Sequence[dict], k: int | None = None) -> dict:
     """The eval metrics from prediction records (see `score_answer`); fractions in [0, 1], case-weighted.
 
-    Each prompt counts once: its k answers are averaged first. `format_valid` is the share of all LawShift
-    answers that parse. A figure with no cases to measure is None. `truncated` is the share of answers that
-    stopped at the length limit (scored as they stand, as LawShift scores them).
+    Each prompt counts once: its k answers are averaged first (`original`, `poisoned`, `train_exact`: the mean
+    success). Beside the mean, `pass_at_k` (the unbiased estimate that one of k draws succeeds) and `majority` (the
+    majority-vote answer succeeds) per split, label type, folder and for the train-set check; `k` defaults to the
+    fewest answers a prompt has, and with one answer all three agree. `format_valid` is the share of all LawShift
+    answers that parse. A figure with no cases to measure is None. `truncated` is the share of answers that stopped
+    at the length limit (scored as they stand, as LawShift scores them).
     """
+    k = k or max(answers_per_prompt(records), 1)
     bench = [r for r in records if r["split"] in SPLITS]
     labels = sorted({r["label"] for r in bench})
     by_label = {}
     for label in labels:
         rows = [r for r in bench if r["label"] == label]
-        by_label[label] = {**_split_summary(rows), "n": len({r["id"] for r in rows if r["split"] == "original"})}
+        by_label[label] = {**_split_summary(rows, k), "n": len({r["id"] for r in rows if r["split"] == "original"})}
     folders = {}
     for name in sorted({r["folder"] for r in bench}):
         rows = [r for r in bench if r["folder"] == name]
-        summary = _split_summary(rows)
+        summary = _split_summary(rows, k)
         counts = {s: len({r["id"] for r in rows if r["split"] == s}) for s in SPLITS}
         folders[name] = {"label": rows[0]["label"], "original": summary["original"],
-                         "poisoned": summary["poisoned"], "n": counts["original"]}
+                         "poisoned": summary["poisoned"], "pass_at_k": summary["pass_at_k"],
+                         "majority": summary["majority"], "n": counts["original"]}
         if counts["poisoned"] != counts["original"]:
             folders[name]["n_poisoned"] = counts["poisoned"]  # LawShift pairs them; say so when a folder does not
     original = [r for r in bench if r["split"] == "original"]
-    train = [r for r in records if r["split"] == TRAIN]
-    return {"overall": _split_summary(bench), "by_label": by_label, "folders": folders,
+    train = success_rates((r for r in records if r["split"] == TRAIN), k)
+    return {"k": k, "overall": _split_summary(bench, k), "by_label": by_label, "folders": folders,
             "charge_accuracy": _rate(_per_prompt(original, "charge_correct").values()),
             "term_exact_accuracy": _rate(_per_prompt(original, "term_exact").values()),
-            "train_exact": _rate(_per_prompt(train, "success").values()), "train_truncated": _truncated(train)}
+            "train_exact": train["mean"], "train_pass_at_k": train["pass_at_k"], "train_majority": train["majority"],
+            "train_truncated": _truncated(r for r in records if r["split"] == TRAIN)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -309,13 +363,18 @@ def run_settings(p: Params, items: Sequence[EvalItem], base: str, adapter: str |
             "adapter": adapter and files.model_digest(adapter)}
 
 
+def model_names(p: Params) -> list[str]:
+    """The models eval can evaluate: the base, and each round's."""
+    return [paths.BASE_MODEL, *p.rounds]
+
+
 def run(p: Params, name: str) -> Evaluation:
-    """Evaluate model `name` (a key of paths.EVAL: the base, or the base with its adapter), resuming an
-    interrupted run from its partial predictions journal."""
-    if name not in paths.EVAL:
-        raise InputError("dvc.yaml", f"unknown model {name!r}; expected one of {sorted(paths.EVAL)}",
-                         field="stages.eval.foreach")
-    e, adapter = p.eval, paths.EVAL[name]["adapter"] or None
+    """Evaluate model `name` (`base`, or a round's: the base with that round's adapter), resuming an interrupted run
+    from its partial predictions journal."""
+    if name not in model_names(p):
+        raise InputError("params.yaml", f"unknown model {name!r}; expected one of {model_names(p)}", field="rounds")
+    where = paths.eval_files(name)
+    e, adapter = p.eval, where["adapter"] or None
     base = models.resolve_base(paths.BASE)
     # Tokenizer and config only: the prompts are built and checked against the context before any weights load.
     tokenizer = models.load_tokenizer(base, p.model.trust_remote_code)
@@ -327,7 +386,7 @@ def run(p: Params, name: str) -> Evaluation:
                                   gpu_memory_utilization=e.gpu_memory_utilization)
     k = e.num_samples if e.temperature > 0 else 1  # greedy answers are all the same: one is enough
     settings = GenerationSettings(n=k, temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens)
-    partial = PartialLog(paths.EVAL[name]["predictions"] + ".partial", run_settings(p, items, paths.BASE, adapter))
+    partial = PartialLog(where["predictions"] + ".partial", run_settings(p, items, paths.BASE, adapter))
     groups = batches(items, lengths, call_size(e.backend, e.batch_size, e.chunk_size, len(items)))
     records = list(generate_records(backend, groups, settings, item_seeds(items, p.seed), e.term_low, e.term_high,
                                     partial))
@@ -336,4 +395,4 @@ def run(p: Params, name: str) -> Evaluation:
     partial.journal.close()
     note = (f"{len(items)} prompts, {k} answer(s) each; {missing} cited article id(s) not found in the articles "
             "files (left out of the prompts)")
-    return Evaluation(records, compute_metrics(records), note, partial)
+    return Evaluation(records, compute_metrics(records, k), note, partial)

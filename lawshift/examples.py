@@ -56,6 +56,23 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
 
 
+def trained_token_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       labels: torch.Tensor) -> torch.Tensor:
+    """`per_sequence_loss(model(...).logits, labels)` with the LM head run on the trained positions only.
+
+    For a small-vocabulary model on long prompts the LM head over every position is most of a step's work, and the
+    prompt positions' logits are thrown away by the loss; here the decoder's hidden states are taken first and only
+    those that predict a trained label go through the head. Same value up to float rounding (tests/test_examples.py).
+    """
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE
+    logits = model.get_output_embeddings()(hidden[:, :-1][mask]).float()
+    tok = torch.nn.functional.cross_entropy(logits, shift_labels[mask], reduction="none")
+    per_position = torch.zeros(mask.shape, dtype=tok.dtype, device=tok.device).masked_scatter(mask, tok)
+    return per_position.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
 def per_sequence_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean token cross-entropy of each sequence over its trained (non-masked) positions. Shape [batch]."""
     shift_logits = logits[:, :-1].float()

@@ -1,30 +1,33 @@
-"""Rejection sampling, second half: keep the right answers of outputs/samples.jsonl and weight them.
+"""Rejection sampling, second half: keep the right answers of a round's samples.jsonl and weight them.
 
-The `filter` stage (`stages/filter.py`, normally `dvc repro filter`) re-parses every sampled answer with
-`lawshift.answers.parse_answer` (so a parser change reruns only filter -> train -> eval, never sampling) and
-accepts it when it is finished and `lawshift.scoring.is_correct` holds: right verdict, charge and term, the term
+The `filter@<round>` stage (`stages/filter.py <round>`, normally `dvc repro filter@round1`) re-parses every sampled
+answer with `lawshift.answers.parse_answer` (so a parser change reruns only filter -> train -> eval, never sampling)
+and accepts it when it is finished and `lawshift.scoring.is_correct` holds: right verdict, charge and term, the term
 within `filter.term_tolerance` months; a life or death gold term needs the answer `XT`. An answer cut at
-`sample.max_new_tokens` (`finished: false`) is never accepted, whatever it holds: training on it would teach the
-model to run on past its answer. Such answers are counted (`truncated`, and `truncated_correct` for those that
-would otherwise have passed).
+`sample.max_new_tokens` (`finished: false`) is never accepted, whatever it holds: training on it would teach the model
+to run on past its answer. Such answers are counted (`truncated`, and `truncated_correct` for those that would
+otherwise have passed).
 
-Per case, in the order sampled:
+Per case, in the order sampled (after the answers an earlier round trained on, when the round keeps them:
+`rounds.<round>.keep_previous`, read from the policy's adapter directory):
 
 1. accepted answers that repeat an earlier accepted answer after whitespace normalisation are dropped
    (`filter.dedup`, counted as `duplicates_removed`);
 2. n = the distinct accepted answers left; each gets weight 1/n (`filter.weighting: inverse_n`, so every case
    with an accepted answer counts once in training) or 1 (`uniform`).
 
-Outputs: `outputs/sft.jsonl`, one accepted answer per line
+Outputs: `outputs/<round>/sft.jsonl`, one accepted answer per line
 
     {"case_id", "fact", "relevant_articles", "charge", "prison_time", "prompt", "response",
      "num_correct_for_this_sample": n, "weight"}
 
-`metrics/filter.json`: the reference statistics, which count accepted answers before deduplication as the
+`metrics/<round>/filter.json`: the reference statistics, which count accepted answers before deduplication as the
 reference did (`total_accepted`, `acceptance_rate`, `avg_correct_per_sample`; identical to the reference's with
 `dedup: false` when no answer is truncated), plus `sft_examples` (lines written), `duplicates_removed`,
-`format_error_rate`, `truncated` and `truncated_correct`.
-`plots/filter_accepted.csv` (`accepted,cases`): how many cases have 0..N accepted answers.
+`format_error_rate`, `truncated` and `truncated_correct`; coverage (cases with an accepted answer) after the first
+draws and after resampling (`coverage_first`, `coverage`), `trained_coverage` (cases the training data holds,
+earlier rounds' answers included) and `kept_previous`.
+`plots/<round>/filter_accepted.csv` (`accepted,cases`): how many cases have 0..N accepted answers.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,13 +54,14 @@ def normalize_whitespace(text: str) -> str:
 
 @dataclass(frozen=True)
 class SampledCase:
-    """One record of outputs/samples.jsonl, as far as filtering needs it."""
+    """One record of a round's samples.jsonl, as far as filtering needs it."""
 
     case_id: str
     case: Case
     prompt: str
     answers: tuple[str, ...]
     finished: tuple[bool, ...]  # per answer: ended by the model (eos), not cut at max_new_tokens
+    first_draws: int = 0  # answers drawn before resampling (the rest are further draws); 0 = all of them
 
 
 def read_sampled_case(rec: object, path: str | Path, index: int) -> SampledCase:
@@ -75,8 +79,11 @@ def read_sampled_case(rec: object, path: str | Path, index: int) -> SampledCase:
         if not isinstance(a.get("finished"), bool):
             raise InputError(path, "missing" if "finished" not in a else "must be true or false", index,
                              f"answers[{j}].finished")
+    first = rec.get("first_draws", len(answers))
+    if not isinstance(first, int) or isinstance(first, bool) or not 0 <= first <= len(answers):
+        raise InputError(path, f"must be an integer in [0, {len(answers)}]", index, "first_draws")
     return SampledCase(rec["case_id"], case, rec["prompt"], tuple(a["text"] for a in answers),
-                       tuple(a["finished"] for a in answers))
+                       tuple(a["finished"] for a in answers), first)
 
 
 @dataclass
@@ -87,18 +94,22 @@ class CaseOutcome:
     truncated_correct: int  # of those, the ones is_correct would have passed
     accepted: int  # finished answers that pass is_correct, duplicates included
     duplicates: int  # accepted answers dropped as repeats
-    kept: int  # n: the distinct accepted answers, one outputs/sft.jsonl line each
+    kept: int  # n: the distinct accepted answers, one sft.jsonl line each (earlier rounds' included)
+    accepted_first: int = 0  # of `accepted`, those among the first draws (before resampling)
+    kept_previous: int = 0  # of `kept`, answers an earlier round trained on (keep_previous)
     records: list[dict] = field(default_factory=list)  # those lines (dropped once written, see `run`)
 
 
-def filter_case(sampled: SampledCase, fp: FilterParams) -> CaseOutcome:
-    """Accept, deduplicate and weight the answers of one case (`fp`: the filter params, validated on load)."""
+def filter_case(sampled: SampledCase, fp: FilterParams, previous: Sequence[str] = ()) -> CaseOutcome:
+    """Accept, deduplicate and weight the answers of one case (`fp`: the filter params, validated on load).
+    `previous`: the case's answers an earlier round trained on (keep_previous); they come first and count in n."""
     parses = [parse_answer(text) for text in sampled.answers]
     correct = [is_correct(ans, sampled.case, fp.term_tolerance) for ans in parses]
-    accepted = [text for text, ok, done in zip(sampled.answers, correct, sampled.finished, strict=True) if ok and done]
-    truncated = [ok for ok, done in zip(correct, sampled.finished, strict=True) if not done]
+    ok = [c and done for c, done in zip(correct, sampled.finished, strict=True)]
+    accepted = [text for text, good in zip(sampled.answers, ok, strict=True) if good]
+    truncated = [c for c, done in zip(correct, sampled.finished, strict=True) if not done]
     kept, seen = [], set()
-    for text in accepted:
+    for text in [*previous, *accepted]:
         key = normalize_whitespace(text)
         if fp.dedup and key in seen:
             continue
@@ -108,8 +119,9 @@ def filter_case(sampled: SampledCase, fp: FilterParams) -> CaseOutcome:
     weight = 1.0 / n if fp.weighting == "inverse_n" and n else 1.0
     base = {"case_id": sampled.case_id, **sampled.case.to_dict(), "prompt": sampled.prompt}
     records = [{**base, "response": text, "num_correct_for_this_sample": n, "weight": weight} for text in kept]
+    first = sampled.first_draws or len(parses)
     return CaseOutcome(len(parses), sum(a is None for a in parses), len(truncated), sum(truncated), len(accepted),
-                       len(accepted) - n, n, records)
+                       len(previous) + len(accepted) - n, n, sum(ok[:first]), min(len(previous), n), records)
 
 
 def summarise(outcomes: Iterable[CaseOutcome]) -> dict:
@@ -127,12 +139,18 @@ def summarise(outcomes: Iterable[CaseOutcome]) -> dict:
         "acceptance_rate": round(accepted / generated, 6) if generated else 0.0,
         "samples_with_no_correct": sum(o.accepted == 0 for o in outcomes),
         "avg_correct_per_sample": round(accepted / cases, 6) if cases else 0.0,
-        "sft_examples": sum(o.kept for o in outcomes),  # lines of outputs/sft.jsonl
+        "sft_examples": sum(o.kept for o in outcomes),  # lines of the round's sft.jsonl
         "duplicates_removed": sum(o.duplicates for o in outcomes),
         "format_errors": errors,
         "format_error_rate": round(errors / generated, 6) if generated else 0.0,
         "truncated": sum(o.truncated for o in outcomes),
         "truncated_correct": sum(o.truncated_correct for o in outcomes),
+        # Share of cases with an accepted answer after the first draws and after resampling; `trained_coverage`
+        # also counts answers kept from earlier rounds: the share of cases the round's training data holds.
+        "coverage_first": round(sum(o.accepted_first > 0 for o in outcomes) / cases, 6) if cases else None,
+        "coverage": round(sum(o.accepted > 0 for o in outcomes) / cases, 6) if cases else None,
+        "trained_coverage": round(sum(o.kept > 0 for o in outcomes) / cases, 6) if cases else None,
+        "kept_previous": sum(o.kept_previous for o in outcomes),
     }
 
 
@@ -144,17 +162,40 @@ def accepted_histogram(outcomes: Iterable[CaseOutcome]) -> list[dict]:
     return [{"accepted": k, "cases": counts.get(k, 0)} for k in range(top + 1)]
 
 
-def run(samples: str | Path, sft: str | Path, fp: FilterParams) -> list[CaseOutcome]:
-    """Filter every case of `samples` into `sft` (atomic). Returns per-case outcomes, their records dropped."""
+def previous_answers(path: str | Path | None) -> dict[str, list[str]]:
+    """case id -> the responses of an earlier round's training data (a round's adapter keeps them: paths.TRAINED_ON),
+    in file order; empty for None or a model that trained on nothing (the base)."""
+    found: dict[str, list[str]] = {}
+    if path is None or not Path(path).is_file():
+        return found
+    for index, (_, rec) in enumerate(files.read_jsonl(path)):
+        if not isinstance(rec, dict) or not isinstance(rec.get("case_id"), str) or not isinstance(
+                rec.get("response"), str):
+            raise InputError(path, "needs a string case_id and response", index, "response")
+        found.setdefault(rec["case_id"], []).append(rec["response"])
+    return found
+
+
+def run(samples: str | Path, sft: str | Path, fp: FilterParams,
+        previous: str | Path | None = None) -> list[CaseOutcome]:
+    """Filter every case of `samples` into `sft` (atomic), adding the answers of `previous` (an earlier round's
+    training data) to their cases. Returns per-case outcomes, their records dropped."""
     outcomes = []
+    prior = previous_answers(previous)
+    seen: set[str] = set()
     with files.atomic_path(sft) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for index, (_, rec) in enumerate(files.read_jsonl(samples)):
-            outcome = filter_case(read_sampled_case(rec, samples, index), fp)
+            sampled = read_sampled_case(rec, samples, index)
+            seen.add(sampled.case_id)
+            outcome = filter_case(sampled, fp, prior.get(sampled.case_id, ()))
             out.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in outcome.records)
             outcome.records = []  # written; the counts are all the metrics need
             outcomes.append(outcome)
         if not outcomes:
             raise InputError(samples, "no sampled cases (empty file)")
+        if stray := sorted(set(prior) - seen):
+            raise InputError(previous, f"{len(stray)} case(s) not in {samples} (another training set?), e.g. "
+                                       f"{stray[0]}", field="case_id")
         out.flush()
         os.fsync(out.fileno())
     return outcomes

@@ -46,12 +46,14 @@ MAX_CASES = 1 << 20  # case indices a run may have
 SEED_SPACE = 1 << 32
 
 
-def run_offset(seed: int) -> int:
-    """Where run `seed`'s streams start in the 32-bit space: a hash, so that nearby run seeds start far apart."""
-    return int.from_bytes(hashlib.sha256(f"lawshift-streams:{seed}".encode()).digest()[:4], "big")
+def run_offset(seed: int, family: str = "") -> int:
+    """Where run `seed`'s streams start in the 32-bit space: a hash, so that nearby run seeds start far apart.
+    `family` names a further set of streams of the same run (a later round's sampling: `round2`, ...)."""
+    key = f"lawshift-streams:{seed}" + (f":{family}" if family else "")
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
 
 
-def stream_seed(seed: int, index: int) -> int:
+def stream_seed(seed: int, index: int, family: str = "") -> int:
     """The first random stream of case `index` under run seed `seed`; its answer j draws from this + j.
 
     Cases sit SEED_STRIDE streams apart from the run's offset, modulo 2**32, so for any j < SEED_STRIDE no two
@@ -60,7 +62,7 @@ def stream_seed(seed: int, index: int) -> int:
     """
     if not 0 <= index < MAX_CASES:
         raise ValueError(f"case index {index} outside [0, {MAX_CASES})")
-    return (run_offset(seed) + index * SEED_STRIDE) % SEED_SPACE
+    return (run_offset(seed, family) + index * SEED_STRIDE) % SEED_SPACE
 
 
 @dataclass(frozen=True)

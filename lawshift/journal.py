@@ -182,6 +182,25 @@ class Journal:
             dst.flush()
             os.fsync(dst.fileno())
 
+    def read_span(self, span: Span) -> dict:
+        """The record at `span` (a line this journal wrote or resumed)."""
+        offset, length = span
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            raw = f.read(length)
+        return _record(self.path, None, raw)
+
+    def write_to(self, out: str | Path, records: Sequence[dict], keep_header: bool = False) -> None:
+        """Write `records`, in that order, to `out` atomically, as journal lines (the header first only if
+        `keep_header`)."""
+        self.close()
+        with atomic_path(out) as tmp, open(self.path, "rb") as src, open(tmp, "wb") as dst:
+            if keep_header:
+                dst.write(src.read(self.header_size))
+            dst.write(b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in records))
+            dst.flush()
+            os.fsync(dst.fileno())
+
     def remove(self) -> None:
         self.close()
         self.path.unlink(missing_ok=True)

@@ -1,19 +1,20 @@
-"""Join the shards of a sharded `sample` run into outputs/samples.jsonl and metrics/sample.json.
+"""Join the shards of a sharded `sample` run: outputs/<round>/samples.jsonl and metrics/<round>/sample.json.
 
-    python -m lawshift.merge                      # every outputs/samples.shard*-of-*.jsonl
+    python -m lawshift.merge                      # every outputs/round1/samples.shard*-of-*.jsonl
+    python -m lawshift.merge --round round2       # a later round's
     python -m lawshift.merge SHARD_FILE ...       # or the files given
 
 Each shard file (written by `python stages/sample.py --shard-index i --num-shards n`, see lawshift/sampling.py)
 starts with its run's header line. The merge refuses, with one line naming the file, shards of different runs
 (settings other than the shard index differ, or another shard count), a missing or repeated shard, a shard
 sampled from another training set, and any case that is missing, recorded twice or in the wrong shard. Otherwise
-it writes every record, unchanged and in training-set order, to outputs/samples.jsonl (temp file + rename): the
-same file a single process writes, which the filter stage reads. metrics/sample.json gets the counts over all
-cases; throughput, time and memory (metrics/time/sample.json) come from the shards' time files
-metrics/time/sample.shard{i}-of-{n}.json when all are there (`tokens_per_second` is then the shards' sum: what they
-reach running side by side).
+it writes every record, unchanged and in training-set order, to the round's samples.jsonl (temp file + rename): the
+same file a single process writes, which the filter stage reads. metrics/<round>/sample.json gets the counts over
+all cases; throughput, time and memory (metrics/time/<round>/sample.json) come from the shards' time files
+metrics/time/<round>/sample.shard{i}-of-{n}.json when all are there (`tokens_per_second` is then the shards' sum:
+what they reach running side by side).
 
-The shard files stay; `dvc commit sample` records the merged output as the sample stage's.
+The shard files stay; `dvc commit sample@<round>` records the merged output as the sample stage's.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from lawshift.data import Case, training_cases
 from lawshift.files import InputError
 from lawshift.params import SampleParams, load_params
 
-OUT = Path(paths.SAMPLES)
 SHARD_NAME = re.compile(r"\.shard(\d+)-of-(\d+)$")
 # Settings that differ between the shards of one run: the shard, and the hash of the shard's own prompts (each
 # shard renders only its cases; the inputs they are rendered from, model and files, must still agree).
@@ -138,10 +138,7 @@ def merge(paths: Sequence[Path], cases: Sequence[Case], training_set: Path, out:
 def merged_metrics(tally: sampling.Tally, shard_metrics: Sequence[dict | None]) -> dict:
     """metrics/sample.json's keys: the counts from the merged records; missing article ids from the shards'
     metrics, when all are there."""
-    t = tally
-    out = {"cases": t.cases, "answers_generated": t.answers, "generated_tokens": t.generated_tokens,
-           "prompt_tokens": t.prompt_tokens, "correct_exact": t.correct, "format_errors": t.format_errors,
-           "unfinished_answers": t.unfinished, "shards": len(shard_metrics)}
+    out = sampling.tally_metrics(tally) | {"shards": len(shard_metrics)}
     if any(m is None for m in shard_metrics):
         return out
     return out | {"missing_articles": sum(m.get("missing_articles", 0) for m in shard_metrics)}
@@ -165,13 +162,18 @@ def shard_files(out: Path) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m lawshift.merge", description=__doc__.split("\n\n")[0])
-    ap.add_argument("shards", nargs="*", type=Path, help=f"shard files (default: {OUT.parent}/{OUT.stem}.shard*)")
+    ap.add_argument("shards", nargs="*", type=Path, help="shard files (default: the round's samples.shard*)")
+    ap.add_argument("--round", default="round1", help="the round whose shards these are (default: round1)")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     p = load_params(args.params)
+    if args.round not in p.rounds:
+        raise InputError(args.params, f"no round {args.round!r}; the rounds are {list(p.rounds)}", field="rounds")
+    where = paths.round_files(args.round)
+    out = Path(where["samples"])
     training_set = Path(p.data.root) / "training_set.json"
-    shard_paths = args.shards or shard_files(OUT)
-    tally = merge(shard_paths, training_cases(p.data.root), training_set, OUT)
+    shard_paths = args.shards or shard_files(out)
+    tally = merge(shard_paths, training_cases(p.data.root), training_set, out)
 
     def per_shard(template: str) -> list[dict | None]:
         found = []
@@ -181,12 +183,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             found.append(files.read_json(file) if file.is_file() else None)
         return found
 
-    metrics = merged_metrics(tally, per_shard(paths.SAMPLE_METRICS))
-    files.write_json(paths.SAMPLE_METRICS, metrics)
-    info = merged_run_info(per_shard(paths.TIME["sample"]))
+    metrics = merged_metrics(tally, per_shard(where["sample_metrics"]))
+    files.write_json(where["sample_metrics"], metrics)
+    info = merged_run_info(per_shard(where["sample_time"]))
     if info:
-        files.write_json(paths.TIME["sample"], info)
-    print(f"merge: {len(shard_paths)} shards, {tally.cases} cases -> {OUT}; {metrics} ({info})")
+        files.write_json(where["sample_time"], info)
+    print(f"merge: {len(shard_paths)} shards, {tally.cases} cases -> {out}; {metrics} ({info})")
 
 
 if __name__ == "__main__":

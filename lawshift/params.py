@@ -30,6 +30,7 @@ PARAMS_FILE = "params.yaml"  # what every stage reads (DVC's default params file
 SAMPLE_BACKENDS = ("hf", "vllm")
 EVAL_BACKENDS = ("hf", "vllm")
 WEIGHTINGS = ("inverse_n", "uniform")
+MAX_DRAWS = 1 << 12  # answers one case may draw: its random streams (lawshift.generation.SEED_STRIDE)
 
 
 def param_error(key: str, message: str) -> InputError:
@@ -109,10 +110,25 @@ class SampleParams:
     num_shards: int = 1
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
+    # Difficulty-aware resampling (DART-Math): after the first num_samples draws, a case with fewer than
+    # min_accepted accepted answers draws num_samples more, again and again, up to max_samples draws in all.
+    min_accepted: int = 0  # 0 = off: every case gets num_samples draws
+    max_samples: int = 0  # draws per case at most, the first num_samples included; 0 = num_samples
+
+    @property
+    def draw_limit(self) -> int:
+        """The most answers one case may get."""
+        return max(self.max_samples, self.num_samples) if self.min_accepted else self.num_samples
 
     def problems(self) -> list[tuple[str, str]]:
         out = _at_least(self, 1, "num_samples", "max_new_tokens", "batch_size", "num_shards", "tensor_parallel_size")
-        out += _at_least(self, 0, "chunk_size") + _memory_share(self)
+        out += _at_least(self, 0, "chunk_size", "min_accepted", "max_samples") + _memory_share(self)
+        if self.max_samples and not self.num_samples <= self.max_samples <= MAX_DRAWS:
+            out.append(("max_samples", f"must be 0 or in [num_samples={self.num_samples}, {MAX_DRAWS}], "
+                                       f"got {self.max_samples}"))
+        elif self.min_accepted > 0 and self.max_samples <= self.num_samples:
+            out.append(("max_samples", f"min_accepted {self.min_accepted} asks for more draws, but max_samples "
+                                       f"{self.max_samples} allows none beyond num_samples={self.num_samples}"))
         if self.backend not in SAMPLE_BACKENDS:
             out.append(("backend", f"unknown backend {self.backend!r}, expected one of {SAMPLE_BACKENDS}"))
         if self.temperature < 0:
@@ -203,6 +219,30 @@ class EvalParams:
 
 
 @dataclass
+class RoundParams:
+    """One round of sample -> filter -> train (ReST-EM / expert iteration)."""
+
+    # The model that samples this round: `base` for round1, the round before it otherwise (round<k-1>). dvc.yaml
+    # cannot compute k-1, so each round names it; the params check accepts nothing else.
+    policy: str = "base"
+    # Also train on the answers the policy's model was trained on (expert iteration: a round's data grows);
+    # false = this round's accepted answers only (ReST-EM). Either way the adapter starts afresh from the base.
+    keep_previous: bool = False
+
+
+def _round_problems(rounds: dict[str, RoundParams]) -> list[tuple[str, str]]:
+    if not rounds:
+        return [("rounds", "needs at least one round (round1)")]
+    out = []
+    for k, (name, rp) in enumerate(rounds.items(), start=1):
+        if name != f"round{k}":
+            out.append((f"rounds.{name}", f"round {k} must be named round{k}"))
+        elif rp.policy != (want := "base" if k == 1 else f"round{k - 1}"):
+            out.append((f"rounds.{name}.policy", f"round{k} samples from {want}, got {rp.policy!r}"))
+    return out
+
+
+@dataclass
 class Params:
     # Every random choice of every stage follows this one seed: the tiny base's initialisation and warm-start,
     # sampling, LoRA initialisation and data order, eval's training subset and draws. A spread over seeds:
@@ -214,6 +254,11 @@ class Params:
     filter: FilterParams = field(default_factory=FilterParams)
     train: TrainParams = field(default_factory=TrainParams)
     eval: EvalParams = field(default_factory=EvalParams)
+    # Rounds in order (round1, round2, ...); the original workflow is one round.
+    rounds: dict[str, RoundParams] = field(default_factory=lambda: {"round1": RoundParams()})
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _round_problems(self.rounds)
 
 
 def _check_type(value: Any, tp: Any, where: str, path: str) -> Any:
@@ -222,6 +267,11 @@ def _check_type(value: Any, tp: Any, where: str, path: str) -> Any:
         if not isinstance(value, dict):
             raise InputError(path, f"expected a mapping, got {type(value).__name__}", field=where)
         return _build(tp, value, where, path)
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise InputError(path, f"expected a mapping, got {type(value).__name__}", field=where)
+        return {str(k): _check_type({} if v is None else v, item, f"{where}.{k}", path) for k, v in value.items()}
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):

@@ -1,43 +1,57 @@
 """Where the pipeline's files live: the one list that dvc.yaml and the code both name.
 
-dvc.yaml loads this file as `vars` (DVC reads its plain assignments; it never runs it), so `${SAMPLES}` there and
-`paths.SAMPLES` here are the same string, and a path changed here moves in both. Only literal assignments of
-strings, lists and mappings may appear here, nothing DVC's reader would have to execute.
+dvc.yaml loads this file as `vars` (DVC reads its plain assignments of literals and skips the functions below; it
+never runs the file), so `${BASE}` there and `paths.BASE` here are the same string. A round's and an evaluated
+model's files are templates: dvc.yaml spells them with the stage's `${key}` in place of `{name}` (tests/test_dvc.py
+checks that the two agree), the code formats them with `round_files` / `eval_files`.
 """
 
 # base
 BASE = "models/base"
 BASE_METRICS = "metrics/base.json"
-# sample
-SAMPLES = "outputs/samples.jsonl"
-SAMPLE_METRICS = "metrics/sample.json"
-# filter
-SFT_DATA = "outputs/sft.jsonl"
-FILTER_METRICS = "metrics/filter.json"
-FILTER_PLOT = "plots/filter_accepted.csv"
-# train
-ADAPTER = "models/sft"
-TRAIN_METRICS = "metrics/train.json"
-CHECKPOINTS = "checkpoints/sft"
-LIVE = "dvclive/train"
-TENSORBOARD = "logs/train"
-# eval: one entry per evaluated model. `weights` is what the model adds to models/base (a dvc.yaml dep): the base
-# itself for `base`, the trained adapter for `sft`; `adapter` is the directory loaded on top of the base, or "".
+BASE_TIME = "metrics/time/base.json"
+
+# One set per round of `rounds` in params.yaml (round1, round2, ...): sample@<round> -> filter@<round> ->
+# train@<round>. `adapter` is the round's model (base + this adapter); it also keeps the answers it was trained on
+# (TRAINED_ON), which a later round with `keep_previous` adds to its own.
+ROUND = {
+    "samples": "outputs/{name}/samples.jsonl",
+    "sample_metrics": "metrics/{name}/sample.json",
+    "sample_time": "metrics/time/{name}/sample.json",
+    "sft": "outputs/{name}/sft.jsonl",
+    "filter_metrics": "metrics/{name}/filter.json",
+    "filter_plot": "plots/{name}/filter_accepted.csv",
+    "filter_time": "metrics/time/{name}/filter.json",
+    "adapter": "models/{name}",
+    "train_metrics": "metrics/{name}/train.json",
+    "train_time": "metrics/time/{name}/train.json",
+    "checkpoints": "checkpoints/{name}",
+    "live": "dvclive/{name}",
+    "tensorboard": "logs/{name}",
+}
+TRAINED_ON = "sft.jsonl"  # in a round's adapter directory: the weighted answers that round trained on
+
+# One set per evaluated model: `base`, and every round's model (eval@<name>). A model's weights are models/<name>:
+# the base itself for `base`, the base plus that round's adapter otherwise.
 EVAL = {
-    "base": {"weights": "models/base", "adapter": "", "predictions": "outputs/predictions_base.jsonl",
-             "metrics": "metrics/eval_base.json", "report": "reports/eval_base.md",
-             "folders_plot": "plots/eval_base_folders.csv", "term_errors_plot": "plots/eval_base_term_errors.csv",
-             "time": "metrics/time/eval_base.json"},
-    "sft": {"weights": "models/sft", "adapter": "models/sft", "predictions": "outputs/predictions_sft.jsonl",
-            "metrics": "metrics/eval_sft.json", "report": "reports/eval_sft.md",
-            "folders_plot": "plots/eval_sft_folders.csv", "term_errors_plot": "plots/eval_sft_term_errors.csv",
-            "time": "metrics/time/eval_sft.json"},
+    "predictions": "outputs/{name}/predictions.jsonl",
+    "metrics": "metrics/{name}/eval.json",
+    "report": "reports/eval_{name}.md",
+    "folders_plot": "plots/{name}/eval_folders.csv",
+    "term_errors_plot": "plots/{name}/eval_term_errors.csv",
+    "time": "metrics/time/{name}/eval.json",
 }
-# Wall time, peak memory and throughput of each stage, apart from its results: `dvc metrics diff` between two
-# machines then differs in these files only. The eval stages' are EVAL[model]["time"].
-TIME = {
-    "base": "metrics/time/base.json",
-    "sample": "metrics/time/sample.json",
-    "filter": "metrics/time/filter.json",
-    "train": "metrics/time/train.json",
-}
+BASE_MODEL = "base"  # the eval name of the untrained base
+
+
+def round_files(name: str) -> dict[str, str]:
+    """The files of round `name`: ROUND with the round's name filled in."""
+    return {key: template.format(name=name) for key, template in ROUND.items()}
+
+
+def eval_files(name: str) -> dict[str, str]:
+    """The files of eval@`name`, plus `weights` (what the model adds to models/base: a dvc.yaml dep) and
+    `adapter` (the directory loaded on top of the base; "" for the base)."""
+    weights = BASE if name == BASE_MODEL else ROUND["adapter"].format(name=name)
+    return {**{key: template.format(name=name) for key, template in EVAL.items()}, "weights": weights,
+            "adapter": "" if name == BASE_MODEL else weights}

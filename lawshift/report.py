@@ -2,8 +2,8 @@
 
     table = folder_table(metrics)                        # one row per folder plus an overall row
     text = report_markdown("base", metrics, records)     # reports/eval_<model>.md
-    folder_plot(metrics), term_error_plot(records)   # plots/eval_<model>_*.csv
-    write_outputs("base", evaluation)                # all of an eval stage's outputs (paths.EVAL), atomically
+    folder_plot(metrics), term_error_plot(records)   # plots/<model>/eval_*.csv
+    write_outputs("base", evaluation)                # all of an eval stage's outputs (paths.eval_files), atomically
 
 Model text is escaped before it reaches markdown: a `|` or a newline in an answer would otherwise break the
 table, and `<think>`/`<answer>` tags would be swallowed as HTML by a renderer.
@@ -77,6 +77,12 @@ def report_markdown(model: str, metrics: dict, records: Sequence[dict], notes: S
              f"- charge accuracy (original split): {_pct(metrics['charge_accuracy'])}",
              f"- exact term accuracy (original split): {_pct(metrics['term_exact_accuracy'])}",
              f"- exact-answer accuracy on the training subset: {_pct(metrics['train_exact'])}"]
+    if "k" in metrics:
+        k, o = metrics["k"], metrics["overall"]
+        parts += [f"- over k = {k} answers per prompt, pass@{k} / majority vote: original "
+                  f"{_pct(o['pass_at_k']['original'])} / {_pct(o['majority']['original'])}, poisoned "
+                  f"{_pct(o['pass_at_k']['poisoned'])} / {_pct(o['majority']['poisoned'])}, training subset "
+                  f"{_pct(metrics['train_pass_at_k'])} / {_pct(metrics['train_majority'])}"]
     parts += [f"- {escape_md(n)}" for n in notes]
     examples = unparseable_examples(records)
     if len(examples):
@@ -106,9 +112,9 @@ def term_error_plot(records: Sequence[dict], clip: int = TERM_ERROR_CLIP) -> pd.
 
 
 def write_outputs(name: str, ev) -> None:
-    """Every output of the eval stage of model `name` (`ev`: its evaluation.Evaluation) at its paths.EVAL paths,
-    each file written atomically."""
-    where = paths.EVAL[name]
+    """Every output of the eval stage of model `name` (`ev`: its evaluation.Evaluation) at its paths.eval_files
+    paths, each file written atomically."""
+    where = paths.eval_files(name)
     files.write_jsonl(where["predictions"], ev.records)
     files.write_json(where["metrics"], ev.metrics)
     files.write_text(where["report"], report_markdown(name, ev.metrics, ev.records, [ev.note]))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lawshift import paths
 from lawshift.files import InputError, read_json, write_text
+from lawshift.params import load_params
 
 SEEDS = "metrics/seeds.json"  # written by python -m lawshift.seeds
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -21,16 +22,15 @@ def pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
-LABELS = {"acceptance": "acceptance (accepted / sampled answers)",
-          "coverage": "coverage (cases with an accepted answer)"}
+FIGURES = {"acceptance": "acceptance", "coverage_first": "coverage after the first draws",
+           "coverage": "coverage after resampling", "train_exact": "train exact (mean)",
+           "train_pass_at_k": "train exact pass@k", "train_majority": "train exact majority vote",
+           "original": "LawShift original", "poisoned": "LawShift poisoned", "gap": "LawShift gap"}
 
 
 def _label(key: str) -> str:
-    if key in LABELS:
-        return LABELS[key]
     model, figure = key.split(".", 1)
-    return f"{model}: " + {"train_exact": "train exact", "original": "LawShift original",
-                           "poisoned": "LawShift poisoned", "gap": "LawShift gap"}.get(figure, figure)
+    return f"{model}: {FIGURES.get(figure, figure)}"
 
 
 def spread_table(seeds: dict) -> list[str]:
@@ -49,31 +49,64 @@ def spread_table(seeds: dict) -> list[str]:
     return lines
 
 
+def _read(path: Path) -> dict:
+    return read_json(path) if path.is_file() else {}
+
+
+def model_rows(root: Path, rounds: list[str]) -> list[str]:
+    """One row per model: as a policy, the acceptance and coverage of the round it sampled (the base samples
+    round1, round k's model samples round k+1; the last round's model samples none); as a judge, its eval."""
+    lines = ["| model | samples | acceptance | coverage: first draws → resampled | train exact: mean · pass@k · "
+             "majority | LawShift original | LawShift poisoned | gap |", "|---|---|---|---|---|---|---|---|"]
+    for k, name in enumerate([paths.BASE_MODEL, *rounds]):
+        m = _read(root / paths.eval_files(name)["metrics"])
+        sampled = rounds[k] if k < len(rounds) else None
+        f = _read(root / paths.round_files(sampled)["filter_metrics"]) if sampled else {}
+        o = m.get("overall", {})
+        lines.append(f"| {name} | {sampled or '–'} | {pct(f.get('acceptance_rate'))} "
+                     f"| {pct(f.get('coverage_first'))} → {pct(f.get('coverage'))} "
+                     f"| {pct(m.get('train_exact'))} · {pct(m.get('train_pass_at_k'))} · "
+                     f"{pct(m.get('train_majority'))} | {pct(o.get('original'))} | {pct(o.get('poisoned'))} "
+                     f"| {pct(o.get('gap'))} |")
+    return lines
+
+
+def round_notes(root: Path, rounds: list[str]) -> list[str]:
+    """One line per round: answers sampled, the cases resampled and the draws they cost, what training kept."""
+    out = []
+    for name in rounds:
+        where = paths.round_files(name)
+        s, f = _read(root / where["sample_metrics"]), _read(root / where["filter_metrics"])
+        if not s or not f:
+            continue
+        out.append(f"- {name}: {s['answers_generated']} answers for {s['cases']} cases, "
+                   f"{s.get('extra_answers', 0)} of them further draws for {s.get('cases_resampled', 0)} resampled "
+                   f"cases; {f['total_accepted']} accepted ({pct(f['acceptance_rate'])}), "
+                   f"{f['samples_with_no_correct']} cases with none; {f['sft_examples']} distinct answers trained on"
+                   + (f", {f['kept_previous']} of them kept from earlier rounds" if f.get("kept_previous") else "")
+                   + ".")
+    return out
+
+
 def results_table(root: str | Path = ".") -> str:
-    """The table from the metrics files of the project at `root` (paths as in lawshift/paths.py), and the spread
-    over seeds from metrics/seeds.json when it is there and was made from the same default run."""
+    """The table from the metrics files of the project at `root` (paths as in lawshift/paths.py, rounds from its
+    params.yaml), and the spread over seeds from metrics/seeds.json when it is there and was made from the same
+    default run."""
     root = Path(root)
-    evals = {m: read_json(root / e["metrics"]) for m, e in paths.EVAL.items() if (root / e["metrics"]).is_file()}
-    if not evals:
+    rounds = list(load_params(root / "params.yaml").rounds)
+    if not (root / paths.eval_files(paths.BASE_MODEL)["metrics"]).is_file():
         raise InputError(root / "metrics", "no eval metrics: run the pipeline first (make repro)")
-    filt = read_json(root / paths.FILTER_METRICS) if (root / paths.FILTER_METRICS).is_file() else {}
+    k = _read(root / paths.eval_files(paths.BASE_MODEL)["metrics"]).get("k", 1)
     lines = ["The default run (`make repro`; the same digits on any x86-64 machine with AVX2, Intel or AMD, see "
-             "Reproducibility); regenerate with `python -m lawshift.results`.", "",
-             "| model | train exact | LawShift original | LawShift poisoned | gap | format valid |",
-             "|---|---|---|---|---|---|"]
-    for name, m in evals.items():
-        o = m["overall"]
-        lines.append(f"| {name} | {pct(m.get('train_exact'))} | {pct(o['original'])} | {pct(o['poisoned'])} "
-                     f"| {pct(o['gap'])} | {pct(o['format_valid'])} |")
-    if filt:
-        lines += ["", f"Rejection sampling accepted {pct(filt.get('acceptance_rate'))} of "
-                      f"{filt.get('total_generated')} answers; {filt.get('samples_with_no_correct')} of "
-                      f"{filt.get('total_samples')} cases had none accepted."]
+             "Reproducibility); regenerate with `python -m lawshift.results`. "
+             f"Eval draws k = {k} answers per prompt: mean success, pass@{k} and majority vote.", "",
+             *model_rows(root, rounds), "", *round_notes(root, rounds)]
     seeds_file = root / SEEDS
     if seeds_file.is_file():
         seeds = read_json(seeds_file)
         default = seeds["seeds"][str(seeds["default_seed"])]
-        if filt and default["acceptance"] != filt.get("acceptance_rate"):
+        first = _read(root / paths.round_files(rounds[0])["filter_metrics"])
+        if default.get(f"{rounds[0]}.acceptance") != first.get("acceptance_rate"):
             raise InputError(seeds_file, "made from another default run than the metrics here: rerun make seeds")
         lines += ["", *spread_table(seeds)]
     return "\n".join(lines)

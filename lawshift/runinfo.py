@@ -11,14 +11,23 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from lawshift import files, numerics, paths
 
 
-def time_files() -> dict[str, str]:
-    """Stage name (as `dvc repro` names it) -> its time file."""
-    return {**paths.TIME, **{f"eval@{name}": m["time"] for name, m in paths.EVAL.items()}}
+def time_files(rounds: Sequence[str] = ("round1",)) -> dict[str, str]:
+    """Stage name (as `dvc repro` names it) -> its time file, for the rounds given."""
+    out = {"base": paths.BASE_TIME}
+    for name in rounds:
+        where = paths.round_files(name)
+        out |= {f"sample@{name}": where["sample_time"], f"filter@{name}": where["filter_time"],
+                f"train@{name}": where["train_time"]}
+    out["eval_base"] = paths.eval_files(paths.BASE_MODEL)["time"]
+    for name in rounds:
+        out[f"eval@{name}"] = paths.eval_files(name)["time"]
+    return out
 
 
 class StageClock:
@@ -43,17 +52,21 @@ class StageClock:
 
 
 def summary(root: str | Path = ".") -> str:
+    from lawshift.params import load_params
+
     rows, total = [], 0.0
-    for name, file in time_files().items():
+    params = Path(root) / "params.yaml"
+    rounds = list(load_params(params).rounds) if params.is_file() else ["round1"]
+    for name, file in time_files(rounds).items():
         path = Path(root) / file
         if not path.is_file():
             continue
         m = json.loads(path.read_text(encoding="utf-8"))
         wall, rss = m.get("wall_seconds", 0.0), m.get("peak_rss_mb", 0.0)
         total += wall
-        rows.append(f"  {name:<10} {wall:8.1f} s   peak {rss:7.0f} MB")
-    return "\n".join(["time and memory per stage (from metrics/time/*.json):", *rows,
-                      f"  {'total':<10} {total:8.1f} s"])
+        rows.append(f"  {name:<15} {wall:8.1f} s   peak {rss:7.0f} MB")
+    return "\n".join(["time and memory per stage (from metrics/time/):", *rows,
+                      f"  {'total':<15} {total:8.1f} s"])
 
 
 if __name__ == "__main__":

@@ -31,16 +31,18 @@ OUT = Path(SEEDS)
 DEFAULT_SEEDS = (1, 2, 3, 4)
 
 
-def figures(read: Callable[[str], dict]) -> dict:
-    """The figures compared across seeds, from one run's metrics files (`read(path)` returns a file's JSON)."""
-    filt = read(paths.FILTER_METRICS)
-    cases = filt["total_samples"]
-    out = {"acceptance": filt["acceptance_rate"],
-           "coverage": round((cases - filt["samples_with_no_correct"]) / cases, 6) if cases else None}
-    for model, entry in paths.EVAL.items():
-        m = read(entry["metrics"])
-        out |= {f"{model}.train_exact": m["train_exact"], f"{model}.original": m["overall"]["original"],
-                f"{model}.poisoned": m["overall"]["poisoned"], f"{model}.gap": m["overall"]["gap"]}
+def figures(read: Callable[[str], dict], rounds: Sequence[str]) -> dict:
+    """The figures compared across seeds, from one run's metrics files (`read(path)` returns a file's JSON): each
+    round's sampling, then each model's eval."""
+    out = {}
+    for name in rounds:
+        filt = read(paths.round_files(name)["filter_metrics"])
+        out |= {f"{name}.acceptance": filt["acceptance_rate"], f"{name}.coverage_first": filt["coverage_first"],
+                f"{name}.coverage": filt["coverage"]}
+    for model in (paths.BASE_MODEL, *rounds):
+        m = read(paths.eval_files(model)["metrics"])
+        out |= {f"{model}.{key}": m[key] for key in ("train_exact", "train_pass_at_k", "train_majority")}
+        out |= {f"{model}.{key}": m["overall"][key] for key in ("original", "poisoned", "gap")}
     return out
 
 
@@ -71,11 +73,11 @@ def run_experiments(seeds: Sequence[int]) -> None:
 
 def collect(seeds: Sequence[int]) -> dict:
     """The figures of the workspace's seed and of each experiment seed-<s>."""
-    workspace = load_params().seed
-    runs = {str(workspace): figures(files.read_json)}
+    params = load_params()
+    runs = {str(params.seed): figures(files.read_json, list(params.rounds))}
     for seed in seeds:
-        runs[str(seed)] = figures(experiment_reader(f"seed-{seed}"))
-    return {"default_seed": workspace, "seeds": runs}
+        runs[str(seed)] = figures(experiment_reader(f"seed-{seed}"), list(params.rounds))
+    return {"default_seed": params.seed, "seeds": runs}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -61,9 +61,19 @@ def read_sft(path: str | Path) -> list[SftRecord]:
                                  response=_field(rec, "response", str, path, line),
                                  weight=_field(rec, "weight", float, path, line)))
     if not records:
-        raise InputError(path, f"no accepted answers to train on: the filter accepted none (see {paths.FILTER_METRICS} "
-                               "for per-case counts; a stronger base or more samples per case may help)")
+        raise InputError(path, f"no accepted answers to train on: the filter accepted none (see "
+                               f"{filter_metrics_of(path)} for per-case counts; a stronger base or more samples "
+                               "per case may help)")
     return records
+
+
+def filter_metrics_of(sft: str | Path) -> str:
+    """The filter metrics file beside a round's sft.jsonl (outputs/<round>/sft.jsonl -> metrics/<round>/filter.json);
+    for another file, the filter's metrics in general."""
+    name = Path(sft).parent.name
+    if Path(sft).as_posix().endswith(paths.round_files(name)["sft"]):
+        return paths.round_files(name)["filter_metrics"]
+    return "the filter's metrics"
 
 
 @dataclass

@@ -39,7 +39,7 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 from lawshift import files
 from lawshift.answers import DEATH, LIFE, NO_VIOLATION, format_answer
 from lawshift.data import ArticleLookup, Case, load_articles, load_cases, training_cases
-from lawshift.examples import collate, encode_example, per_sequence_loss
+from lawshift.examples import collate, encode_example, trained_token_loss
 from lawshift.params import DataParams, TinyParams
 from lawshift.prompts import Prompt, render_prompt
 
@@ -225,8 +225,7 @@ def warm_start(model, tokenizer, cases: list[Case], lookup: ArticleLookup, promp
             term = noisy_term(case.prison_time, rng, noise, offsets)
             batch.append(encode_example(tokenizer, prompt, template_response(case, arts, term)))
         enc = collate(batch, tokenizer.pad_token_id)
-        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-        loss = per_sequence_loss(logits, enc["labels"]).mean()
+        loss = trained_token_loss(model, enc["input_ids"], enc["attention_mask"], enc["labels"]).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,11 +1,13 @@
 """Weighted, completion-only QLoRA SFT on the accepted answers (the learning step of the method).
 
-    python stages/train.py           # normally: dvc repro train
-    accelerate launch --num_processes N stages/train.py   # with train.num_processes: N (one GPU per process)
+    python stages/train.py round1    # normally: dvc repro train@round1
+    accelerate launch --num_processes N stages/train.py round1   # with train.num_processes: N (one GPU per process)
 
-Input: `outputs/sft.jsonl` from the filter stage, read and encoded by lawshift/sftdata.py; the weighted objective
-and the Trainer that minimises it are lawshift/objective.py. Output: the PEFT adapter (safetensors) plus the
-tokenizer in `models/sft/`, written atomically. This module loads the model, runs the Trainer, resumes, and logs.
+Input: a round's `outputs/<round>/sft.jsonl` from its filter stage, read and encoded by lawshift/sftdata.py; the
+weighted objective and the Trainer that minimises it are lawshift/objective.py. Output: the PEFT adapter
+(safetensors) plus the tokenizer in `models/<round>/` (with a copy of the answers it trained on), written
+atomically. Every round trains a fresh adapter from the base. This module loads the model, runs the Trainer,
+resumes, and logs.
 
 Model. By default QLoRA: the base is loaded in 4-bit NF4 with double quantisation (bitsandbytes; it runs on CPU
 too), compute dtype bf16 where the device supports it and fp32 otherwise, then `prepare_model_for_kbit_training`
@@ -15,26 +17,27 @@ too), compute dtype bf16 where the device supports it and fp32 otherwise, then `
 Optimizer. `paged_adamw_32bit` (bitsandbytes) pages optimizer state through CUDA unified memory, which exists on
 CUDA only; on any other device the stage uses PyTorch's `adamw_torch` (the same 32-bit AdamW update, unpaged;
 bitsandbytes itself would silently drop the paging there) and records the optimizer actually used in
-`metrics/train.json` (`optimizer`, beside `optimizer_requested`).
+`metrics/<round>/train.json` (`optimizer`, beside `optimizer_requested`).
 
-Checkpoints and resume. Checkpoints go to `checkpoints/sft/` (git-ignored, not a DVC output), every
+Checkpoints and resume. Checkpoints go to `checkpoints/<round>/` (git-ignored, not a DVC output), every
 `train.save_steps` optimizer steps, keeping `train.save_total_limit`. `journal.jsonl` there is a header-only
 journal (lawshift/journal.py) of what decides the trained weights: the training data, the base model files, every
 train param that changes the result. A rerun with the same settings resumes from the newest complete checkpoint
 (one with `trainer_state.json`); checkpoints made under other settings are deleted, never resumed, and one line
 names the settings that changed. After a successful run the checkpoints are removed: the adapter is in
-`models/sft/` and a rerun trains from scratch.
+`models/<round>/` and a rerun trains from scratch.
 
-Logging. TensorBoard event files go to `logs/train/` (git-ignored); DVCLive writes `dvclive/train/` through
+Logging. TensorBoard event files go to `logs/<round>/` (git-ignored); DVCLive writes `dvclive/<round>/` through
 transformers' `DVCLiveCallback` with `dvcyaml=False` (dvc.yaml is never rewritten) and `save_dvc_exp=False`, at
-x = the optimizer step: `dvclive/train/plots/metrics/loss.tsv` and `learning_rate.tsv` are the loss and lr curves
+x = the optimizer step: `dvclive/<round>/plots/metrics/loss.tsv` and `learning_rate.tsv` are the loss and lr curves
 that `dvc.yaml` declares as plots. On resume both logs drop what was logged after the resumed checkpoint.
 
-Metrics (`metrics/train.json`): `loss_first` / `loss_last` (the logged step loss of the first step and the mean of
-the last logging window, which always ends at the final step), `train_loss` (mean over this run's steps), `steps`,
-`trainable_params`, `examples`, `cases`, `dropped_too_long`, `weight_sum`, `loss_normaliser` (Z), the optimizer.
-How the run went (`metrics/time/train.json`): `train_tokens_per_second` (non-padding input tokens, all processes,
-over the Trainer's runtime), `device`, `resumed_from`, wall time and peak memory.
+Metrics (`metrics/<round>/train.json`): `loss_first` / `loss_last` (the logged step loss of the first step and the
+mean of the last logging window, which always ends at the final step), `train_loss` (mean over this run's steps),
+`steps`, `trainable_params`, `examples`, `cases`, `dropped_too_long`, `weight_sum`, `loss_normaliser` (Z), the
+optimizer.
+How the run went (`metrics/time/<round>/train.json`): `train_tokens_per_second` (non-padding input tokens, all
+processes, over the Trainer's runtime), `device`, `resumed_from`, wall time and peak memory.
 """
 
 from __future__ import annotations
@@ -197,8 +200,8 @@ def logging_callbacks(live_dir: Path, tb_dir: Path, resume_step: int | None) -> 
     class StepDVCLiveCallback(DVCLiveCallback):
         def on_log(self, args, state, control, model=None, logs=None, **kwargs):
             self.live.step = state.global_step  # DVCLive would count log calls, not optimizer steps
-            # dvclive/train is a DVC output: timing (runtime, samples per second) would make its bytes differ from
-            # machine to machine and run to run. It goes to metrics/time/train.json instead.
+            # dvclive/<round>'s curves are DVC outputs: timing (runtime, samples per second) would make their bytes
+            # differ from machine to machine and run to run. It goes to metrics/time/<round>/train.json instead.
             logs = {k: v for k, v in (logs or {}).items() if not k.endswith(TIMING_LOGS)}
             super().on_log(args, state, control, model=model, logs=logs, **kwargs)
 
@@ -260,8 +263,7 @@ def resume_point(ckpt_dir: Path, settings: dict, args) -> Path | None:
 
 def train_sft(base: str, sft_path: str | Path, out_dir: str | Path, tp: TrainParams, *,
               seed: int, trust_remote_code: bool = False, allow_pickle: bool = False,
-              ckpt_dir: str | Path = paths.CHECKPOINTS,
-              live_dir: str | Path = paths.LIVE, tb_dir: str | Path = paths.TENSORBOARD,
+              ckpt_dir: str | Path, live_dir: str | Path, tb_dir: str | Path,
               callbacks: Iterable = ()) -> tuple[dict, dict] | None:
     """Train the adapter into `out_dir` (atomically), resuming a matching interrupted run.
 
@@ -299,6 +301,7 @@ def train_sft(base: str, sft_path: str | Path, out_dir: str | Path, tp: TrainPar
         trainer.model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         sort_target_modules(tmp / "adapter_config.json")
+        shutil.copyfile(sft_path, tmp / paths.TRAINED_ON)  # what this model learnt from: a later round may keep it
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the adapter is the result, nothing left to resume
     losses = _logged(trainer.state.log_history, "loss")
     trainable, total = count_trainable(trainer.model)
@@ -327,7 +330,12 @@ def sort_target_modules(config: Path) -> None:
         config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def run(p: Params) -> tuple[dict, dict] | None:
-    """The train stage: the adapter trained on the filter's answers over the settled base (see `train_sft`)."""
-    return train_sft(models.resolve_base(paths.BASE), paths.SFT_DATA, paths.ADAPTER, p.train, seed=p.seed,
-                     trust_remote_code=p.model.trust_remote_code, allow_pickle=p.model.allow_pickle)
+def run(p: Params, round_name: str) -> tuple[dict, dict] | None:
+    """The train stage of round `round_name`: a fresh adapter over the settled base, trained on the round's filtered
+    answers (see `train_sft`)."""
+    if round_name not in p.rounds:
+        raise param_error("rounds", f"no round {round_name!r}; the rounds are {list(p.rounds)}")
+    where = paths.round_files(round_name)
+    return train_sft(models.resolve_base(paths.BASE), where["sft"], where["adapter"], p.train, seed=p.seed,
+                     trust_remote_code=p.model.trust_remote_code, allow_pickle=p.model.allow_pickle,
+                     ckpt_dir=where["checkpoints"], live_dir=where["live"], tb_dir=where["tensorboard"])

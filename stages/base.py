@@ -25,7 +25,7 @@ def main() -> None:
     else:
         metrics = models.settle_pointer(p.model, paths.BASE)
     files.write_json(paths.BASE_METRICS, metrics)
-    print(f"base: {metrics} ({clock.write(paths.TIME['base'])})")
+    print(f"base: {metrics} ({clock.write(paths.BASE_TIME)})")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Stage `eval@<model>`: LawShift success on both splits, plus the train-set check, for one model.
 
-`base` is models/base as it is; `sft` is models/base with the trained adapter models/sft merged in (the models and
-their files: lawshift/paths.py EVAL). Writes outputs/predictions_<model>.jsonl (every answer, parsed and scored),
-metrics/eval_<model>.json, reports/eval_<model>.md and the plot CSVs plots/eval_<model>_{folders,term_errors}.csv.
-An interrupted run continues from outputs/predictions_<model>.jsonl.partial. The protocol: lawshift/evaluation.py.
+`base` is models/base as it is; `round1`, `round2`, ... are models/base with that round's adapter models/<round>
+(the files: lawshift/paths.py EVAL). Writes outputs/<model>/predictions.jsonl (every answer, parsed and scored),
+metrics/<model>/eval.json (mean, pass@k and majority vote over eval.num_samples draws), reports/eval_<model>.md and
+the plot CSVs plots/<model>/eval_{folders,term_errors}.csv. An interrupted run continues from
+outputs/<model>/predictions.jsonl.partial. The protocol: lawshift/evaluation.py.
 
-    python stages/eval.py base       # normally: dvc repro eval@base (or eval@sft)
+    python stages/eval.py base       # normally: dvc repro eval@base (or eval@round1, ...)
 """
 
 import sys
@@ -24,8 +25,10 @@ def main(name: str | None = None) -> None:
     result = evaluation.run(p, name)
     write_outputs(name, result)
     result.partial.remove()
-    info = clock.write(paths.EVAL[name]["time"])
-    print(f"eval@{name}: overall {result.metrics['overall']}, train_exact {result.metrics['train_exact']} ({info})")
+    info = clock.write(paths.eval_files(name)["time"])
+    m = result.metrics
+    print(f"eval@{name}: overall {m['overall']}, train_exact {m['train_exact']} (pass@{m['k']} "
+          f"{m['train_pass_at_k']}, majority {m['train_majority']}) ({info})")
 
 
 if __name__ == "__main__":

@@ -1,25 +1,35 @@
-"""Stage `filter`: keep the right sampled answers, deduplicated and weighted -> outputs/sft.jsonl.
+"""Stage `filter@<round>`: the round's right sampled answers, deduplicated and weighted -> outputs/<round>/sft.jsonl.
 
-Reads outputs/samples.jsonl (stage `sample`); the acceptance rule and weighting are in lawshift/filtering.py.
-Cheap and separate from sampling, so changing `filter.*` reruns only filter -> train -> eval.
+Reads outputs/<round>/samples.jsonl (stage `sample@<round>`) and, when the round has `keep_previous`, the answers
+the policy's model was trained on (models/<previous round>/sft.jsonl). The acceptance rule and weighting are in
+lawshift/filtering.py. Cheap and separate from sampling, so changing `filter.*` reruns only filter -> train -> eval.
 
-    python stages/filter.py          # normally: dvc repro filter
+    python stages/filter.py round1   # normally: dvc repro filter@round1
 """
 
+import sys
+from pathlib import Path
+
 from lawshift import files, filtering, paths
-from lawshift.params import load_params
+from lawshift.params import load_params, param_error
 from lawshift.runinfo import StageClock
 
 
-def main() -> None:
+def main(name: str = "round1") -> None:
     p = load_params()
+    if name not in p.rounds:
+        raise param_error("rounds", f"no round {name!r}; the rounds are {list(p.rounds)}")
     clock = StageClock()
-    outcomes = filtering.run(paths.SAMPLES, paths.SFT_DATA, p.filter)
+    rp, where = p.rounds[name], paths.round_files(name)
+    previous = None
+    if rp.keep_previous and rp.policy != paths.BASE_MODEL:
+        previous = Path(paths.round_files(rp.policy)["adapter"]) / paths.TRAINED_ON
+    outcomes = filtering.run(where["samples"], where["sft"], p.filter, previous)
     metrics = filtering.summarise(outcomes)
-    filtering.write_histogram(paths.FILTER_PLOT, filtering.accepted_histogram(outcomes))
-    files.write_json(paths.FILTER_METRICS, metrics)
-    print(f"filter: {metrics} ({clock.write(paths.TIME['filter'])})")
+    filtering.write_histogram(where["filter_plot"], filtering.accepted_histogram(outcomes))
+    files.write_json(where["filter_metrics"], metrics)
+    print(f"filter@{name}: {metrics} ({clock.write(where['filter_time'])})")
 
 
 if __name__ == "__main__":
-    files.run_stage(main)
+    files.run_stage(lambda: main(*sys.argv[1:2]))

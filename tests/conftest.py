@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 import lawshift  # noqa: F401  (first: pins torch's CPU numerics before anything imports torch)
+from lawshift import paths
 from lawshift.prompts import load_prompt
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,12 +43,16 @@ SMALL = {
     "data": {"root": ROOT, "train_articles": ARTICLES},
     "model": {"tiny": {"hidden_size": 64, "intermediate_size": 256, "vocab_size": 2000,
                        "max_position_embeddings": 2048, "warmup_steps": 120}},
-    "sample": {"num_samples": 2, "max_new_tokens": 48, "batch_size": 2, "device": "cpu"},
+    "sample": {"num_samples": 2, "max_new_tokens": 48, "batch_size": 2, "device": "cpu", "min_accepted": 0},
     "train": {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "max_steps": 6, "num_train_epochs": 1,
               "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "warmup_steps": 0,
               "logging_steps": 1, "save_steps": 1, "save_total_limit": 2, "max_length": 1024, "device": "cpu"},
-    "eval": {"folders": [FOLDER], "max_new_tokens": 48, "train_subset": 2, "batch_size": 2, "device": "cpu"},
+    "eval": {"folders": [FOLDER], "max_new_tokens": 48, "train_subset": 2, "batch_size": 2, "device": "cpu",
+             "num_samples": 1, "temperature": 0.0},
 }
+# Round 1's files and the eval files of the base and of round 1's model (lawshift/paths.py).
+R1 = paths.round_files("round1")
+EV = {name: paths.eval_files(name) for name in ("base", "round1")}
 # Subprocesses: offline, one thread each (the tiny model gains nothing from more; parallel runs would contend),
 # this checkout's package first.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",

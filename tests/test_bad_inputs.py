@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import ARTICLES, ENV, FOLDER, JUDGE, REPO, ROOT, dump_json, read_json, run_stage, set_params
+from conftest import ARTICLES, ENV, EV, FOLDER, JUDGE, R1, REPO, ROOT, dump_json, read_json, run_stage, set_params
 
 from lawshift import paths
 from lawshift.answers import format_answer
@@ -45,20 +45,28 @@ def _dvc_outputs() -> dict[str, tuple[str, ...]]:
         return {stage.name: tuple(str(out.def_path) for out in stage.outs) for stage in repo.index.stages}
 
 
+STAGE_NAMES = {"base": "base", "sample": "sample@round1", "filter": "filter@round1", "train": "train@round1",
+               "eval": "eval_base"}
+TIME_FILES = {"base": paths.BASE_TIME, "sample": R1["sample_time"], "filter": R1["filter_time"],
+              "train": R1["train_time"], "eval": EV["base"]["time"]}
+
+
 def declared_outputs(stage: str) -> list[str]:
-    """The outs, metrics and plots dvc.yaml declares for `stage` (eval as eval@base), with the `${…}` from
-    lawshift/paths.py (dvc.yaml's vars) resolved by DVC itself."""
-    return list(_dvc_outputs()["eval@base" if stage == "eval" else stage])
+    """The outs, metrics and plots dvc.yaml declares for the script `stage` (round1's stage; eval as eval@base),
+    with the `${…}` from lawshift/paths.py (dvc.yaml's vars) and the rounds resolved by DVC itself."""
+    return list(_dvc_outputs()[STAGE_NAMES[stage]])
 
 
 def test_declared_outputs_are_resolved_paths():
-    assert declared_outputs("eval") == [paths.EVAL["base"][k] for k in ("predictions", "report", "folders_plot",
-                                                                      "term_errors_plot", "metrics", "time")]
-    assert declared_outputs("train") == [paths.ADAPTER, paths.LIVE, paths.TRAIN_METRICS, paths.TIME["train"]]
-    for stage in ("base", "sample", "filter", "train", "eval"):
+    assert set(declared_outputs("eval")) == {EV["base"][k] for k in ("predictions", "report", "folders_plot",
+                                                                      "term_errors_plot", "metrics", "time")}
+    live = f"{R1['live']}/plots/metrics"
+    assert set(declared_outputs("train")) == {R1["adapter"], f"{live}/loss.tsv", f"{live}/learning_rate.tsv",
+                                              R1["train_metrics"], R1["train_time"]}
+    for stage in STAGE_NAMES:
         outs = declared_outputs(stage)
         assert outs and not any("${" in out for out in outs), (stage, outs)
-        assert (paths.TIME[stage] if stage != "eval" else paths.EVAL["base"]["time"]) in outs
+        assert TIME_FILES[stage] in outs
 
 
 # ---- inputs the later stages read ----------------------------------------------------------------------------
@@ -83,7 +91,7 @@ def sampled_records(project: Path, right: bool) -> list[dict]:
 
 
 def with_samples(project: Path, right: bool = True) -> None:
-    write_jsonl(project / paths.SAMPLES, sampled_records(project, right))
+    write_jsonl(project / R1["samples"], sampled_records(project, right))
 
 
 def with_sft(project: Path) -> None:
@@ -91,7 +99,7 @@ def with_sft(project: Path) -> None:
     with_samples(project)
     done = run_stage(project, "filter")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (project / paths.SFT_DATA).read_text(encoding="utf-8").count("\n") > 0
+    assert (project / R1["sft"]).read_text(encoding="utf-8").count("\n") > 0
 
 
 # ---- the bad-input table --------------------------------------------------------------------------------------
@@ -137,7 +145,7 @@ def base_pointer(target: str) -> Callable[[Path], None]:
 
 def corrupt_samples_line(project: Path) -> None:
     with_samples(project)
-    path = project / paths.SAMPLES
+    path = project / R1["samples"]
     lines = path.read_text(encoding="utf-8").split("\n")
     lines[2] = lines[2][: len(lines[2]) // 2]  # line 3 of 6: cut in half, as a bad copy or a full disk leaves it
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -148,8 +156,8 @@ def no_accepted_answers(project: Path) -> None:
     with_samples(project, right=False)
     done = run_stage(project, "filter")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (project / paths.SFT_DATA).read_text() == ""
-    assert read_json(project / paths.FILTER_METRICS)["total_accepted"] == 0
+    assert (project / R1["sft"]).read_text() == ""
+    assert read_json(project / R1["filter_metrics"])["total_accepted"] == 0
 
 
 def then(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
@@ -215,9 +223,9 @@ TABLE = [
         ("params.yaml", "field 'eval.max_new_tokens'", f"context is {SMALL_CONTEXT} tokens")),
     # what one stage hands the next
     Bad("samples_corrupt_middle_line", "filter", corrupt_samples_line,
-        (f"{paths.SAMPLES}:3", "corrupt JSONL line")),
+        (f"{R1['samples']}:3", "corrupt JSONL line")),
     Bad("zero_accepted_reaches_train", "train", no_accepted_answers,
-        (paths.SFT_DATA, "no accepted answers", paths.FILTER_METRICS)),
+        (R1["sft"], "no accepted answers", R1["filter_metrics"])),
     # the benchmark folders (eval stage)
     Bad("folder_missing_poisoned", "eval", remove(f"{ROOT}/{FOLDER}/poisoned.json"),
         (f"{ROOT}/{FOLDER}/poisoned.json", "file not found")),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import JUDGE, REPO, SAMPLE, read_json, seeds
+from conftest import JUDGE, R1, REPO, SAMPLE, read_json, seeds
 
 from benchmarks import common, sampling, train
 from benchmarks.__main__ import main, parser
@@ -49,7 +49,7 @@ def test_one_command_with_each_benchmarks_options_and_defaults():
     t = ap.parse_args(["train", "--epochs", "2", "--no-warm-up"])
     assert (t.run, t.show) == (train.train_bench, train.print_train)
     assert (t.epochs, t.max_steps, t.sft, t.mixed_prompt_tokens, t.warm_up) == (
-        2.0, None, Path("outputs/sft.jsonl"), 800, False)
+        2.0, None, Path(R1["sft"]), 800, False)
     assert (t.threads, t.params, t.out) == (1, "params.yaml", Path("metrics/bench.json"))
     with pytest.raises(SystemExit):
         ap.parse_args([])  # a benchmark must be named
@@ -221,7 +221,7 @@ def test_mixed_lengths_lengthen_every_other_prompt(tiny, tmp_path):
 def test_train_bench_writes_its_entry_and_keeps_the_others(bench_project, capsys):
     project = bench_project
     tokenizer = models.load_tokenizer(str(project / "models" / "base"))
-    sft = varied_sft(tokenizer, project / "outputs" / "sft.jsonl", [0, 40, 0, 40])
+    sft = varied_sft(tokenizer, project / R1["sft"], [0, 40, 0, 40])
     files.write_json(project / "metrics" / "bench.json", {"sampling": {"kept": True}})
     main(["train", "--max-steps", "2", "--mixed-prompt-tokens", "500", "--no-warm-up", "--threads", "1"])
     out = read_json(project / "metrics" / "bench.json")
@@ -231,7 +231,7 @@ def test_train_bench_writes_its_entry_and_keeps_the_others(bench_project, capsys
                                  "--threads 1")
     s = result["settings"]
     assert (s["data"], s["max_steps"], s["per_device_train_batch_size"], s["torch_threads"]) == (
-        "outputs/sft.jsonl", 2, 2, 1)
+        R1["sft"], 2, 2, 1)
     assert (s["load_in_4bit"], s["mixed_prompt_tokens"], s["device"]) == (False, 500, "cpu")
     assert (s["seed"], s["gradient_checkpointing"], s["model"]) == (SEED, False, "models/base")  # top-level `seed`
     assert set(result["variants"]) == {"real", "mixed_lengths"}

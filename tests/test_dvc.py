@@ -39,8 +39,12 @@ def stages() -> dict:
     return resolved
 
 
+ROUNDS = ("round1", "round2")  # the repository's params.yaml
+
+
 def test_every_stage_is_resolved(stages):
-    assert set(stages) == {"base", "sample", "filter", "train", *(f"eval@{m}" for m in paths.EVAL)}
+    assert set(stages) == {"base", "eval_base",
+                           *(f"{s}@{r}" for r in ROUNDS for s in ("sample", "filter", "train", "eval"))}
 
 
 def test_deps_cover_every_module_a_stage_imports(stages):
@@ -58,45 +62,63 @@ def test_the_import_walk_finds_lazy_and_transitive_imports():
     assert "lawshift/labels.json" in code_deps(REPO / "stages" / "eval.py")
 
 
+def _round_outputs(r: str) -> list[tuple[str, set, set]]:
+    f, e = paths.round_files(r), paths.eval_files(r)
+    live = f"{f['live']}/plots/metrics"
+    return [(f"sample@{r}", {f["samples"]}, {f["sample_metrics"], f["sample_time"]}),
+            (f"filter@{r}", {f["sft"], f["filter_plot"]}, {f["filter_metrics"], f["filter_time"]}),
+            (f"train@{r}", {f["adapter"], f"{live}/loss.tsv", f"{live}/learning_rate.tsv"},
+             {f["train_metrics"], f["train_time"]}),
+            (f"eval@{r}", {e["predictions"], e["report"], e["folders_plot"], e["term_errors_plot"]},
+             {e["metrics"], e["time"]})]
+
+
+BASE_EVAL = paths.eval_files("base")
+
+
 @pytest.mark.parametrize("name, outs, metrics", [
-    ("base", {paths.BASE}, {paths.BASE_METRICS, paths.TIME["base"]}),
-    ("sample", {paths.SAMPLES}, {paths.SAMPLE_METRICS, paths.TIME["sample"]}),
-    ("filter", {paths.SFT_DATA, paths.FILTER_PLOT}, {paths.FILTER_METRICS, paths.TIME["filter"]}),
-    ("train", {paths.ADAPTER, paths.LIVE}, {paths.TRAIN_METRICS, paths.TIME["train"]}),
-    *[(f"eval@{m}", {e["predictions"], e["report"], e["folders_plot"], e["term_errors_plot"]},
-       {e["metrics"], e["time"]}) for m, e in paths.EVAL.items()],
+    ("base", {paths.BASE}, {paths.BASE_METRICS, paths.BASE_TIME}),
+    ("eval_base", {BASE_EVAL["predictions"], BASE_EVAL["report"], BASE_EVAL["folders_plot"],
+                   BASE_EVAL["term_errors_plot"]}, {BASE_EVAL["metrics"], BASE_EVAL["time"]}),
+    *[row for r in ROUNDS for row in _round_outputs(r)],
 ])
 def test_outs_and_metrics_are_the_paths_the_code_writes(stages, name, outs, metrics):
+    """dvc.yaml spells a round's files with `${key}`; lawshift/paths.py's templates give the same paths."""
     _, deps, declared_outs, declared_metrics = stages[name]
     assert declared_outs == outs
     assert declared_metrics == metrics
 
 
-def test_eval_stages_depend_on_the_weights_they_add(stages):
-    for model, entry in paths.EVAL.items():
-        _, deps, _, _ = stages[f"eval@{model}"]
-        assert {paths.BASE, entry["weights"]} <= deps
-        assert entry["adapter"] in ("", entry["weights"])
+def test_round_stages_depend_on_their_policy_and_eval_on_the_weights_it_adds(stages):
+    assert paths.round_files("round1")["samples"] in stages["filter@round1"][1]
+    for k, r in enumerate(ROUNDS):
+        policy = paths.BASE if k == 0 else paths.round_files(ROUNDS[k - 1])["adapter"]
+        assert policy in stages[f"sample@{r}"][1] and policy in stages[f"filter@{r}"][1]
+        assert {paths.BASE, paths.eval_files(r)["weights"]} <= stages[f"eval@{r}"][1]
+        assert paths.eval_files(r)["adapter"] == paths.round_files(r)["adapter"]
+    assert paths.round_files("round1")["adapter"] not in stages["eval_base"][1]
+    assert paths.eval_files("base")["adapter"] == ""
 
 
 def test_dvc_yaml_reads_paths_from_the_module_dvc_can_read():
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
     assert spec["vars"] == ["lawshift/paths.py"]
-    # DVC reads the module without running it: nothing but plain assignments of literals (docstring aside).
+    # DVC reads the module without running it: plain assignments of literals, and functions (which its reader
+    # skips); nothing else.
     tree = ast.parse((PACKAGE / "paths.py").read_text(encoding="utf-8"))
     for node in tree.body[1:]:
-        assert isinstance(node, ast.Assign), ast.dump(node)[:80]
-        ast.literal_eval(node.value)
+        assert isinstance(node, (ast.Assign, ast.FunctionDef)), ast.dump(node)[:80]
+        if isinstance(node, ast.Assign):
+            ast.literal_eval(node.value)
 
 
-def test_top_level_metrics_and_plots_name_declared_files(stages):
+def test_top_level_metrics_name_files_no_stage_writes(stages):
+    """The stages declare their own metrics and plots (their number follows the rounds); the top level adds only
+    the benchmark's file."""
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
     declared = set().union(*(outs | metrics for _, _, outs, metrics in stages.values()))
-    for path in spec["metrics"]:
-        assert path in declared or path == "metrics/bench.json", path
-    plot_files = {f for plot in spec["plots"] for p in plot.values() for f in p["y"]}
-    for file in plot_files:
-        assert file in declared or file.startswith(paths.LIVE + "/"), file
+    assert spec["metrics"] == ["metrics/bench.json"] and "metrics/bench.json" not in declared
+    assert "plots" not in spec
 
 
 def test_code_digest_follows_every_code_file(tmp_path, monkeypatch):

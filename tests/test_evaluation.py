@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import FOLDER, JUDGE, REPO, read_json, run, set_params
+from conftest import EV, FOLDER, JUDGE, REPO, read_json, run, set_params
 
 from lawshift import evaluation as ev
 from lawshift import models, paths
@@ -87,12 +87,22 @@ def test_score_answer(row):
     assert (rec["parse"] is None) == (text in ("没有答案", "<think>没写完", "胡言乱语"))
 
 
+def _means(metrics: dict) -> dict:
+    """The metrics less pass@k and majority vote (tested on their own below)."""
+    if not isinstance(metrics, dict):
+        return metrics
+    return {k: _means(v) for k, v in metrics.items()
+            if k not in ("pass_at_k", "majority", "train_pass_at_k", "train_majority")}
+
+
 def test_compute_metrics_hand_made():
-    metrics = ev.compute_metrics(hand_records())
+    full = ev.compute_metrics(hand_records())
+    metrics = _means(full)
     # original: V 1+1, NV 1, TU 1+0, TD 0, XT 1, NX (1+0)/2 -> 5.5 of 8 prompts
     # poisoned: V 0+0, NV 1, TU 1+0, TD 1, XT 1, NX (1+0)/2 -> 4.5 of 8 prompts
     # format: 2 unparseable of 18 LawShift answers (the train answers do not count); truncated: 1 of 18 (NX)
     assert metrics == {
+        "k": 1,  # the fewest answers a prompt has
         "overall": {"original": 0.6875, "poisoned": 0.5625, "gap": 0.125, "format_valid": round(16 / 18, 6),
                     "truncated": round(1 / 18, 6)},
         "by_label": {
@@ -117,6 +127,12 @@ def test_compute_metrics_hand_made():
         "train_exact": 0.5,
         "train_truncated": 0.0,
     }
+    # k = 1: pass@1 is the mean; the majority vote differs where a prompt has two answers (NX): original, a tie
+    # goes to the first answer (right); poisoned, the cut answer does not parse, so the one that parses decides
+    assert full["overall"]["pass_at_k"] == {"original": 0.6875, "poisoned": 0.5625}
+    assert full["overall"]["majority"] == {"original": 0.75, "poisoned": 0.625}
+    assert full["folders"]["term_extremity_out"]["majority"] == {"original": 1.0, "poisoned": 1.0}
+    assert full["train_pass_at_k"] == full["train_majority"] == 0.5
     # records that do not say whether they finished (a re-scored published log): no truncated share, not 0
     unknown = ev.compute_metrics([{k: v for k, v in r.items() if k != "finished"} for r in hand_records()])
     assert unknown["overall"]["truncated"] is None and unknown["train_truncated"] is None
@@ -125,8 +141,64 @@ def test_compute_metrics_hand_made():
 def test_compute_metrics_unequal_splits_and_no_train():
     records = [r for r in hand_records() if r["split"] != "train" and r["id"] != "term_up/poisoned/1"]
     metrics = ev.compute_metrics(records)
-    assert metrics["folders"]["term_up"] == {"label": "TU", "original": 0.5, "poisoned": 1.0, "n": 2, "n_poisoned": 1}
-    assert metrics["train_exact"] is None
+    assert _means(metrics["folders"]["term_up"]) == {"label": "TU", "original": 0.5, "poisoned": 1.0, "n": 2,
+                                                     "n_poisoned": 1}
+    assert metrics["train_exact"] is None and metrics["train_pass_at_k"] is None and metrics["train_majority"] is None
+
+
+@pytest.mark.parametrize("n,c,k,expected", [
+    (3, 0, 3, 0.0), (3, 1, 3, 1.0), (3, 3, 3, 1.0),  # k = n: whether any draw succeeded
+    (3, 1, 1, 1 / 3), (8, 5, 1, 5 / 8),  # k = 1: the mean
+    (5, 2, 2, 0.7),  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+    (4, 1, 2, 0.5),  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+    (10, 3, 4, 1 - 35 / 210),  # 1 - C(7,4)/C(10,4)
+    (10, 7, 4, 1.0),  # fewer than k failures: every k-subset holds a success
+])
+def test_pass_at_k_is_the_unbiased_estimator(n, c, k, expected):
+    assert ev.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("n,c,k", [(3, 4, 1), (3, -1, 1), (3, 1, 0), (3, 1, 4)])
+def test_pass_at_k_refuses_impossible_counts(n, c, k):
+    with pytest.raises(ValueError):
+        ev.pass_at_k(n, c, k)
+
+
+RIGHT, WRONG, OTHER = ans("盗窃 | 24"), ans("盗窃 | 30"), ans("抢劫 | 24")
+
+
+def train_records(*prompts: list[str]) -> list[dict]:
+    """Train-check records of THEFT_24 (gold 盗窃, 24 months), one prompt per list of answer texts, in draw order."""
+    return [ev.score_answer(item_for(None, "train", i, THEFT_24), text, j, LOW, HIGH)
+            for i, texts in enumerate(prompts) for j, text in enumerate(texts)]
+
+
+@pytest.mark.parametrize("texts,expected", [
+    ([RIGHT, WRONG, WRONG], False),  # the wrong answer has two votes
+    ([WRONG, RIGHT, RIGHT], True),
+    ([RIGHT, WRONG], True),  # a tie: the answer seen first
+    ([WRONG, RIGHT], False),
+    ([RIGHT, WRONG, OTHER, WRONG, RIGHT], True),  # 2-2-1: the first of the two leaders
+    (["胡言乱语", WRONG, RIGHT, RIGHT], True),  # unparsed answers do not vote
+    (["胡言乱语", "没有答案"], False),  # nothing parsed: no majority answer, a failure
+    ([f"  {RIGHT}\n", WRONG, RIGHT], True),  # votes go by the parsed answer, not the text
+])
+def test_majority_vote(texts, expected):
+    assert ev.majority_success(train_records(texts)) is expected
+
+
+def test_mean_pass_at_k_and_majority_over_prompts():
+    # three prompts of k = 3 draws: (right, wrong, wrong), (wrong, wrong, other), (right, right, wrong)
+    records = train_records([RIGHT, WRONG, WRONG], [WRONG, WRONG, OTHER], [RIGHT, RIGHT, WRONG])
+    m = ev.compute_metrics(records)
+    assert m["k"] == 3
+    assert m["train_exact"] == round((1 / 3 + 0 + 2 / 3) / 3, 6)
+    assert m["train_pass_at_k"] == round(2 / 3, 6)  # two prompts with a right draw
+    assert m["train_majority"] == round(1 / 3, 6)  # only the third prompt's majority is right
+    # pass@2 from the same draws: 1 - C(2,2)/C(3,2) = 2/3 for one right of three, 1 for two right
+    assert ev.compute_metrics(records, k=2)["train_pass_at_k"] == round((2 / 3 + 0 + 1) / 3, 6)
+    # draw order decides ties only: shuffled records give the same figures
+    assert ev.compute_metrics(list(reversed(records))) == m
 
 
 GOLD_CHECKS = [
@@ -324,13 +396,15 @@ def test_stage_base_then_sft(project):
     from transformers import AutoModelForCausalLM
 
     project(**STAGE)
-    base = paths.EVAL["base"]
+    base = EV["base"]
     main = stage_main()
     main("base")
     metrics = read_json(base["metrics"])
-    assert set(metrics) == {"overall", "by_label", "folders", "charge_accuracy", "term_exact_accuracy",
-                            "train_exact", "train_truncated"}
-    assert set(metrics["overall"]) == {"original", "poisoned", "gap", "format_valid", "truncated"}
+    assert set(metrics) == {"k", "overall", "by_label", "folders", "charge_accuracy", "term_exact_accuracy",
+                            "train_exact", "train_pass_at_k", "train_majority", "train_truncated"}
+    assert set(metrics["overall"]) == {"original", "poisoned", "gap", "pass_at_k", "majority", "format_valid",
+                                       "truncated"}
+    assert metrics["k"] == 1 and metrics["train_pass_at_k"] == metrics["train_majority"] == metrics["train_exact"]
     assert metrics["folders"]["action_explicit_extend"]["n"] == 40 and metrics["overall"]["format_valid"] > 0.5
     preds = read_jsonl(base["predictions"])
     assert len(preds) == 84 and {p["split"] for p in preds} == {"original", "poisoned", "train"}
@@ -342,9 +416,9 @@ def test_stage_base_then_sft(project):
     assert Path(base["folders_plot"]).read_text().startswith("bar,folder,split,accuracy\n")
     assert Path(base["term_errors_plot"]).read_text().startswith("term_error_months,answers,share\n")
     assert not Path(base["predictions"] + ".partial").exists()
-    # the stage's time in its own file (metrics/time/eval_base.json), none of it in the metrics
+    # the stage's time in its own file (metrics/time/base/eval.json), none of it in the metrics
     timing = read_json(base["time"])
-    assert base["time"] == "metrics/time/eval_base.json" and {"wall_seconds", "peak_rss_mb"} <= set(timing)
+    assert base["time"] == "metrics/time/base/eval.json" and {"wall_seconds", "peak_rss_mb"} <= set(timing)
     assert not set(timing) & set(metrics)
     assert timing["wall_seconds"] > 0 and not Path("metrics/eval_base_time.json").exists()
 
@@ -354,19 +428,19 @@ def test_stage_base_then_sft(project):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(paths.BASE)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(model, lora).save_pretrained(paths.EVAL["sft"]["adapter"])
-    main("sft")
-    sft = read_jsonl(paths.EVAL["sft"]["predictions"])
+    get_peft_model(model, lora).save_pretrained(EV["round1"]["adapter"])
+    main("round1")
+    sft = read_jsonl(EV["round1"]["predictions"])
     assert [p["id"] for p in sft] == [p["id"] for p in preds]
     assert [p["answer"] for p in sft] != [p["answer"] for p in preds]  # the adapter was applied
     for key in ("metrics", "report", "folders_plot", "term_errors_plot", "time"):
-        assert Path(paths.EVAL["sft"][key]).is_file(), key
-    assert read_json(base["metrics"]) == metrics  # eval@sft writes only its own files
+        assert Path(EV["round1"][key]).is_file(), key
+    assert read_json(base["metrics"]) == metrics  # eval@round1 writes only its own files
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,match", [("nope", "unknown model 'nope'"),
-                                        ("sft", "no adapter_model.safetensors")])
+                                        ("round1", "no adapter_model.safetensors")])
 def test_stage_refuses_bad_model(project, name, match):
     project()
     with pytest.raises(InputError, match=match):
@@ -394,15 +468,15 @@ def test_dvc_metrics_diff_between_experiments(project):
     root = project(dvc=True, **STAGE)
     main = stage_main()
     main("base")
-    before = read_json(paths.EVAL["base"]["metrics"])
-    git_commit(root, "exp 1", "dvc.yaml", "params.yaml", paths.EVAL["base"]["metrics"])
+    before = read_json(EV["base"]["metrics"])
+    git_commit(root, "exp 1", "dvc.yaml", "params.yaml", EV["base"]["metrics"])
     # Experiment 2: answers cut off after 4 tokens never parse, so both overall figures drop to 0.
     set_eval(max_new_tokens=4)
     main("base")
-    after = read_json(paths.EVAL["base"]["metrics"])
+    after = read_json(EV["base"]["metrics"])
     assert after["overall"]["original"] == after["overall"]["poisoned"] == 0.0 < before["overall"]["original"]
     table = run(["dvc", "metrics", "diff"], root)
-    rows = {line.split()[1]: line.split() for line in table.splitlines() if paths.EVAL["base"]["metrics"] in line}
+    rows = {line.split()[1]: line.split() for line in table.splitlines() if EV["base"]["metrics"] in line}
     for key in ("overall.original", "overall.poisoned"):
         assert key in rows, table
         assert float(rows[key][2]) == pytest.approx(before["overall"][key.split(".")[1]], abs=1e-4)

@@ -8,10 +8,11 @@ import math
 import re
 
 import pytest
+from conftest import R1
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lawshift import files, paths
+from lawshift import files
 from lawshift.answers import DEATH, LIFE, NO_VIOLATION, parse_answer
 from lawshift.data import Case
 from lawshift.filtering import (
@@ -140,9 +141,83 @@ def test_summarise_and_histogram():
         "total_samples": 3, "total_generated": 12, "total_accepted": 4, "acceptance_rate": 0.333333,
         "samples_with_no_correct": 1, "avg_correct_per_sample": 1.333333, "sft_examples": 3,
         "duplicates_removed": 1, "format_errors": 3, "format_error_rate": 0.25, "truncated": 0,
-        "truncated_correct": 0}
+        "truncated_correct": 0, "coverage_first": 0.666667, "coverage": 0.666667, "trained_coverage": 0.666667,
+        "kept_previous": 0}
     # cases with 0, 1, 2, 3, 4 accepted answers (before deduplication)
     assert accepted_histogram(outcomes) == [{"accepted": k, "cases": c} for k, c in enumerate([1, 0, 2, 0, 0])]
+
+
+def test_coverage_before_and_after_resampling():
+    """first_draws marks where resampling began: a case covered only by a further draw counts in `coverage`, not
+    in `coverage_first`."""
+    fp = FilterParams()
+    late = SampledCase(THEFT_7.case_id, THEFT_7, "P", (ans("盗窃", 8), ans("盗窃", 9), ans("盗窃", 7)), (True,) * 3, 2)
+    early = SampledCase(INNOCENT.case_id, INNOCENT, "P", ("<answer> 不违规 </answer>", "x"), (True, True), 2)
+    never = SampledCase(MURDER_LIFE.case_id, MURDER_LIFE, "P", ("x",) * 4, (True,) * 4, 2)
+    outcomes = [filter_case(c, fp) for c in (late, early, never)]
+    assert [o.accepted_first for o in outcomes] == [0, 1, 0] and [o.accepted for o in outcomes] == [1, 1, 0]
+    m = summarise(outcomes)
+    assert (m["coverage_first"], m["coverage"], m["trained_coverage"]) == (0.333333, 0.666667, 0.666667)
+
+
+@pytest.mark.parametrize("previous, current, dedup, responses, duplicates", [
+    # an earlier round's answers come first and count in n; a repeat of one is a duplicate
+    ([ans("盗窃", 7)], [ans("盗窃", 7), ans("盗窃 ", 7) + " "], True, [ans("盗窃", 7)], 2),
+    ([ans("盗窃", 7)], [ans("盗窃", 7)], False, [ans("盗窃", 7), ans("盗窃", 7)], 0),
+    (["<think>另一推理。</think><answer> 盗窃 | 7 </answer>"], [ans("盗窃", 7), ans("盗窃", 8)], True,
+     ["<think>另一推理。</think><answer> 盗窃 | 7 </answer>", ans("盗窃", 7)], 0),
+    # a case this round missed keeps what the earlier round trained on
+    ([ans("盗窃", 7)], [ans("盗窃", 8)], True, [ans("盗窃", 7)], 0),
+    ([], [ans("盗窃", 7)], True, [ans("盗窃", 7)], 0),
+])
+def test_keep_previous_merges_and_reweights(previous, current, dedup, responses, duplicates):
+    out = filter_case(sampled(THEFT_7, *current), FilterParams(dedup=dedup), previous)
+    assert [r["response"] for r in out.records] == responses
+    assert all(r["weight"] == 1 / len(responses) and r["num_correct_for_this_sample"] == len(responses)
+               for r in out.records)
+    assert out.duplicates == duplicates and out.kept_previous == len(previous)
+    assert out.accepted == sum(is_correct(parse_answer(t), THEFT_7, 0) for t in current)  # this round's only
+
+
+def test_run_adds_the_previous_rounds_answers_by_case(tmp_path):
+    samples, previous = tmp_path / "samples.jsonl", tmp_path / "previous.jsonl"
+    files.write_jsonl(samples, [sample_line(THEFT_7, [ans("盗窃", 8)]), sample_line(INNOCENT, ["x"])])
+    files.write_jsonl(previous, [{"case_id": THEFT_7.case_id, "response": ans("盗窃", 7), "weight": 1.0}])
+    outcomes = run(samples, tmp_path / "sft.jsonl", FilterParams(), previous)
+    sft = [json.loads(x) for x in (tmp_path / "sft.jsonl").read_text("utf-8").splitlines()]
+    assert [(r["case_id"], r["response"], r["weight"]) for r in sft] == [(THEFT_7.case_id, ans("盗窃", 7), 1.0)]
+    assert summarise(outcomes)["kept_previous"] == 1 and summarise(outcomes)["coverage"] == 0.0
+    assert summarise(outcomes)["trained_coverage"] == 0.5
+    # no earlier data (round1, or the policy trained on nothing): as without it
+    assert run(samples, tmp_path / "sft.jsonl", FilterParams(), tmp_path / "absent.jsonl")[0].kept == 0
+    # earlier answers for a case this round does not have: another training set, an error naming the file
+    files.write_jsonl(previous, [{"case_id": "f" * 64, "response": "r"}])
+    with pytest.raises(files.InputError, match=r"previous.jsonl: field 'case_id': 1 case\(s\) not in"):
+        run(samples, tmp_path / "sft2.jsonl", FilterParams(), previous)
+    assert not (tmp_path / "sft2.jsonl").exists()
+    files.write_jsonl(previous, [{"case_id": THEFT_7.case_id}])
+    with pytest.raises(files.InputError, match=r"previous.jsonl: record 0: field 'response'"):
+        run(samples, tmp_path / "sft2.jsonl", FilterParams(), previous)
+
+
+@pytest.mark.slow
+def test_stage_keeps_the_policys_training_data_in_a_later_round(tmp_path, monkeypatch):
+    from lawshift import paths
+    from stages import filter as stage
+
+    monkeypatch.chdir(tmp_path)
+    rounds = {"round1": {"policy": "base"}, "round2": {"policy": "round1", "keep_previous": True}}
+    (tmp_path / "params.yaml").write_text(json.dumps({"rounds": rounds}), encoding="utf-8")
+    r2 = paths.round_files("round2")
+    files.write_jsonl(tmp_path / r2["samples"], [sample_line(THEFT_7, [ans("盗窃", 8)])])
+    files.write_jsonl(tmp_path / R1["adapter"] / paths.TRAINED_ON,
+                      [{"case_id": THEFT_7.case_id, "response": ans("盗窃", 7), "weight": 1.0}])
+    stage.main("round2")
+    assert json.loads((tmp_path / r2["filter_metrics"]).read_text("utf-8"))["kept_previous"] == 1
+    rounds["round2"]["keep_previous"] = False
+    (tmp_path / "params.yaml").write_text(json.dumps({"rounds": rounds}), encoding="utf-8")
+    stage.main("round2")
+    assert (tmp_path / r2["sft"]).read_text("utf-8") == ""  # this round's answers only: none right
 
 
 @pytest.mark.parametrize("text", ["a  b", " a b ", "a\n\tb", "a b"])
@@ -168,6 +243,8 @@ BAD_RECORDS = [
     ({"case_id": 3}, "case_id", "must be a string"),
     ({"prison_time": "7"}, "prison_time", "integer"),
     ({"fact": ""}, "fact", "non-empty"),
+    ({"first_draws": 2}, "first_draws", r"integer in \[0, 0\]"),
+    ({"first_draws": True}, "first_draws", "integer"),
 ]
 
 
@@ -182,7 +259,8 @@ def test_bad_sample_record_names_record_and_field(tmp_path, override, field, mes
 
 def test_read_sampled_case_roundtrip():
     got = read_sampled_case(sample_line(INNOCENT, ["a", "b"]), "s.jsonl", 0)
-    assert got == SampledCase(INNOCENT.case_id, INNOCENT, "P", ("a", "b"), (True, True))
+    assert got == SampledCase(INNOCENT.case_id, INNOCENT, "P", ("a", "b"), (True, True), 2)
+    assert read_sampled_case(sample_line(INNOCENT, ["a", "b"], first_draws=1), "s.jsonl", 0).first_draws == 1
 
 
 def test_corrupt_and_empty_samples_file(tmp_path):
@@ -205,14 +283,14 @@ def test_stage_rejects_bad_params(tmp_path, monkeypatch, capsys, raw, field, mes
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(json.dumps({"filter": raw}), encoding="utf-8")
-    files.write_jsonl(tmp_path / paths.SAMPLES, [sample_line(THEFT_7, [ans("盗窃", 7)])])
+    files.write_jsonl(tmp_path / R1["samples"], [sample_line(THEFT_7, [ans("盗窃", 7)])])
     with pytest.raises(SystemExit) as exc:
         files.run_stage(stage.main)
     assert exc.value.code == 2
     assert capsys.readouterr().err == f"error: params.yaml: field '{field}': {message}\n"
     # refused before any work: nothing written
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
-        "outputs/samples.jsonl", "params.yaml"]
+        R1["samples"], "params.yaml"]
 
 
 @pytest.mark.slow
@@ -221,24 +299,24 @@ def test_stage_writes_sft_metrics_and_plot(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("filter:\n  term_tolerance: 1\n", encoding="utf-8")
-    files.write_jsonl(tmp_path / paths.SAMPLES, [
+    files.write_jsonl(tmp_path / R1["samples"], [
         sample_line(THEFT_7, [ans("盗窃", 7), ans("盗窃", 8), ans("盗窃 ", 8), "nope"]),
         sample_line(MURDER_DEATH, [ans("故意杀人", "XT"), ans("故意杀人", 10001), ans("故意杀人", 240), "nope"]),
         sample_line(INNOCENT, [ans("盗窃", 7)] * 4),
     ])
     stage.main()
-    sft = [json.loads(line) for line in (tmp_path / paths.SFT_DATA).read_text("utf-8").splitlines()]
+    sft = [json.loads(line) for line in (tmp_path / R1["sft"]).read_text("utf-8").splitlines()]
     assert [(r["prison_time"], r["response"], r["weight"]) for r in sft] == [
         (7, ans("盗窃", 7), 0.5), (7, ans("盗窃", 8), 0.5), (DEATH, ans("故意杀人", "XT"), 1.0)]
-    metrics = json.loads((tmp_path / paths.FILTER_METRICS).read_text("utf-8"))
+    metrics = json.loads((tmp_path / R1["filter_metrics"]).read_text("utf-8"))
     assert {k: metrics[k] for k in ("total_accepted", "sft_examples", "duplicates_removed",
                                     "samples_with_no_correct")} == {
         "total_accepted": 4, "sft_examples": 3, "duplicates_removed": 1, "samples_with_no_correct": 1}
     assert metrics["format_error_rate"] == pytest.approx(2 / 12, abs=1e-6)
     # the results only: the stage's time and memory go to its own file
     assert set(metrics) == set(summarise([]))
-    timing = json.loads((tmp_path / paths.TIME["filter"]).read_text("utf-8"))
+    timing = json.loads((tmp_path / R1["filter_time"]).read_text("utf-8"))
     assert timing["wall_seconds"] >= 0 < timing["peak_rss_mb"] and not set(timing) & set(metrics)
-    with open(tmp_path / paths.FILTER_PLOT, encoding="utf-8") as f:
+    with open(tmp_path / R1["filter_plot"], encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert rows == [{"accepted": str(k), "cases": str(c)} for k, c in enumerate([1, 1, 0, 1, 0])]

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ENV, SMALL, read_json, run_stage, stage_cmd
+from conftest import ENV, EV, R1, SMALL, read_json, run_stage, stage_cmd
 from test_bad_inputs import declared_outputs, with_sft
 
-from lawshift import journal, paths
+from lawshift import journal
 
 
 def kill_when(project: Path, stage: str, ready: Callable[[], bool], timeout: float = 240) -> str:
@@ -55,7 +55,7 @@ def temp_leftovers(project: Path) -> list[str]:
 
 
 def loss_rows(project: Path) -> list[tuple[int, float]]:
-    path = project / paths.LIVE / "plots" / "metrics" / "loss.tsv"
+    path = project / R1["live"] / "plots" / "metrics" / "loss.tsv"
     lines = path.read_text(encoding="utf-8").splitlines()
     header = lines[0].split("\t")
     rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
@@ -73,23 +73,23 @@ def test_train_killed_at_a_checkpoint_resumes_to_the_uninterrupted_adapter(proje
     steps = SMALL["train"]["max_steps"]
     reference = start(straight, "train")  # the uninterrupted run, alongside
 
-    ckpts = killed / paths.CHECKPOINTS
+    ckpts = killed / R1["checkpoints"]
     kill_when(killed, "train", lambda: any(ckpts.glob("checkpoint-*/trainer_state.json")))
     # Killed after its first checkpoint: no adapter, no metrics, nothing half-written that DVC could record.
-    assert not (killed / paths.ADAPTER).exists() and not (killed / paths.TRAIN_METRICS).exists()
-    assert not (killed / paths.TIME["train"]).exists()
+    assert not (killed / R1["adapter"]).exists() and not (killed / R1["train_metrics"]).exists()
+    assert not (killed / R1["train_time"]).exists()
     assert (ckpts / "journal.jsonl").is_file() and not (ckpts / "fingerprint.json").exists()
     assert temp_leftovers(killed) == []
 
     rerun = run_stage(killed, "train")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     finish(reference, straight, "train")
-    timing, metrics = read_json(killed / paths.TIME["train"]), read_json(killed / paths.TRAIN_METRICS)
+    timing, metrics = read_json(killed / R1["train_time"]), read_json(killed / R1["train_metrics"])
     assert timing["resumed_from"].startswith("checkpoint-") and metrics["steps"] == steps
-    assert read_json(straight / paths.TIME["train"])["resumed_from"] is None
+    assert read_json(straight / R1["train_time"])["resumed_from"] is None
     assert "resumed_from" not in metrics
     # The same adapter as the run that was never interrupted, and one loss curve with every step once.
-    resumed, reference_weights = (load_file(p / paths.ADAPTER / "adapter_model.safetensors")
+    resumed, reference_weights = (load_file(p / R1["adapter"] / "adapter_model.safetensors")
                                   for p in (killed, straight))
     assert resumed.keys() == reference_weights.keys()
     for key in resumed:
@@ -139,8 +139,8 @@ def prediction_outputs(project: Path) -> dict[str, bytes | None]:
     """
     outs = {out: (project / out).read_bytes() if (project / out).is_file() else None
             for out in declared_outputs("eval")}
-    timing = outs.pop(paths.EVAL["base"]["time"])
-    return outs | {paths.EVAL["base"]["time"]: None if timing is None else b"present"}
+    timing = outs.pop(EV["base"]["time"])
+    return outs | {EV["base"]["time"]: None if timing is None else b"present"}
 
 
 @pytest.mark.slow
@@ -148,7 +148,7 @@ def test_eval_killed_mid_run_resumes_to_the_uninterrupted_predictions(project, t
     killed = project()
     straight = shutil.copytree(killed, tmp_path / "straight")
     reference = start(straight, "eval")
-    partial = killed / (paths.EVAL["base"]["predictions"] + ".partial")
+    partial = killed / (EV["base"]["predictions"] + ".partial")
 
     def batches_saved() -> int:  # complete lines after the header
         raw = partial.read_bytes() if partial.is_file() else b""
@@ -168,7 +168,7 @@ def test_eval_killed_mid_run_resumes_to_the_uninterrupted_predictions(project, t
     # for byte, and the partial file is gone.
     outputs = prediction_outputs(killed)
     assert all(v is not None for v in outputs.values()) and outputs == prediction_outputs(straight)
-    predictions = [json.loads(line) for line in outputs[paths.EVAL["base"]["predictions"]].splitlines()]
+    predictions = [json.loads(line) for line in outputs[EV["base"]["predictions"]].splitlines()]
     n_test, train_subset = 4, SMALL["eval"]["train_subset"]
     assert len(predictions) == len({p["id"] for p in predictions}) == 2 * n_test + train_subset  # each prompt once
     assert not partial.exists() and temp_leftovers(killed) == []

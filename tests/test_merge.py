@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ENV, JUDGE, ROOT, SeedLog, dump_json, read_json, run, run_stage, small_root, stage_cmd
+from conftest import ENV, JUDGE, R1, ROOT, SeedLog, dump_json, read_json, run, run_stage, small_root, stage_cmd
 
-from lawshift import files, filtering, merge, paths
+from lawshift import files, filtering, merge
 from lawshift.data import ArticleLookup, load_articles, training_cases
 from lawshift.files import InputError, file_digest
 from lawshift.generation import Completion, HFBackend, PromptResult
@@ -49,7 +49,7 @@ def train_file(root: Path) -> Path:
 
 
 def samples(root: Path) -> Path:
-    return root / paths.SAMPLES
+    return root / R1["samples"]
 
 
 @pytest.mark.slow
@@ -80,7 +80,7 @@ def test_two_real_shards_merge_into_every_case_once(tiny, root):
     assert tally.cases == N_CASES and tally.answers == 3 * N_CASES
     assert tally.generated_tokens == sum(r["generated_tokens"] for r in recs)
     # the filter stage reads the merged file as it reads a single process's
-    outcomes = filtering.run(out, root / paths.SFT_DATA, FilterParams())
+    outcomes = filtering.run(out, root / R1["sft"], FilterParams())
     assert len(outcomes) == N_CASES
 
 
@@ -226,7 +226,8 @@ def test_merged_metrics_sum_the_counts():
     both = merge.merged_metrics(tally, [{"missing_articles": 1}, {"missing_articles": 2, "cases": 99}])
     assert both == {"cases": 7, "answers_generated": 21, "generated_tokens": 600, "prompt_tokens": 70,
                     "correct_exact": 3, "format_errors": 2, "unfinished_answers": 1, "shards": 2,
-                    "missing_articles": 3}  # counts from the merged records, not from the shards' files
+                    "missing_articles": 3, "coverage_first": 0.0, "coverage": 0.0, "cases_resampled": 0,
+                    "extra_answers": 0}  # counts from the merged records, not from the shards' files
     # a shard's metrics missing: the counts only, nothing guessed
     partial = merge.merged_metrics(tally, [{"missing_articles": 1}, None])
     assert partial == {k: v for k, v in both.items() if k != "missing_articles"}
@@ -252,21 +253,21 @@ def test_main_writes_metrics_and_time_from_the_shards(root, monkeypatch, capsys,
         write_shard(root, i, 2)
         if with_files:
             sp = SampleParams(shard_index=i, num_shards=2)
-            dump_json(output_path(sp, paths.SAMPLE_METRICS), {"cases": 99, "missing_articles": i + 1})
-            dump_json(output_path(sp, paths.TIME["sample"]), SHARD_INFO | {"wall_seconds": 5.0 + i})
+            dump_json(output_path(sp, R1["sample_metrics"]), {"cases": 99, "missing_articles": i + 1})
+            dump_json(output_path(sp, R1["sample_time"]), SHARD_INFO | {"wall_seconds": 5.0 + i})
     merge.main([])
     recs = [json.loads(x) for x in samples(root).read_text(encoding="utf-8").splitlines()]
     assert [r["index"] for r in recs] == list(range(N_CASES))
-    results = read_json(root / paths.SAMPLE_METRICS)
+    results = read_json(root / R1["sample_metrics"])
     assert results["cases"] == N_CASES and results["shards"] == 2 and results["answers_generated"] == N_CASES
-    time_file = root / paths.TIME["sample"]
+    time_file = root / R1["sample_time"]
     if with_files:
         assert results["missing_articles"] == 3
         assert read_json(time_file) == SHARD_INFO | {"tokens_per_second": 200.0, "resumed_cases": 4,
                                                      "wall_seconds": 6.0}
     else:
         assert "missing_articles" not in results and not time_file.exists()
-    assert f"merge: 2 shards, {N_CASES} cases -> {paths.SAMPLES}" in capsys.readouterr().out
+    assert f"merge: 2 shards, {N_CASES} cases -> {R1['samples']}" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -277,7 +278,7 @@ def test_no_shards_and_the_one_line_error(root, monkeypatch, capsys):
         files.run_stage(lambda: merge.main([]))
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err == "error: outputs: no shard files (samples.shard*-of-*.jsonl) to merge\n"
+    assert err == "error: outputs/round1: no shard files (samples.shard*-of-*.jsonl) to merge\n"
 
 
 # --- the documented commands, as separate processes ----------------------------------------------------------------
@@ -294,22 +295,22 @@ def test_sharded_stage_merge_and_filter(project):
     infos = []
     for i in (0, 1):
         sp = SampleParams(shard_index=i, num_shards=2)
-        assert read_json(root / output_path(sp, paths.SAMPLE_METRICS))["cases"] == len(shard_indices(N_CASES, sp))
-        infos.append(read_json(root / output_path(sp, paths.TIME["sample"])))
-        assert (root / output_path(sp, paths.SAMPLES)).is_file()
+        assert read_json(root / output_path(sp, R1["sample_metrics"]))["cases"] == len(shard_indices(N_CASES, sp))
+        infos.append(read_json(root / output_path(sp, R1["sample_time"])))
+        assert (root / output_path(sp, R1["samples"])).is_file()
 
     run([sys.executable, "-m", "lawshift.merge"], cwd=root)
     recs = [json.loads(x) for x in samples(root).read_text(encoding="utf-8").splitlines()]
     assert [r["index"] for r in recs] == list(range(N_CASES))
-    results = read_json(root / paths.SAMPLE_METRICS)
+    results = read_json(root / R1["sample_metrics"])
     assert results["cases"] == N_CASES and results["shards"] == 2 and results["missing_articles"] == 0
     assert "tokens_per_second" not in results  # throughput lives in the time file
-    timing = read_json(root / paths.TIME["sample"])
+    timing = read_json(root / R1["sample_time"])
     assert timing["tokens_per_second"] == round(sum(m["tokens_per_second"] for m in infos), 1) > 0
     assert timing["wall_seconds"] == max(m["wall_seconds"] for m in infos)
     proc = run_stage(root, "filter")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert read_json(root / paths.FILTER_METRICS)["total_samples"] == N_CASES
+    assert read_json(root / R1["filter_metrics"])["total_samples"] == N_CASES
 
 
 def test_shard_settings_differ_only_in_the_shard(root):

@@ -23,6 +23,7 @@ from lawshift.params import (
     FilterParams,
     ModelParams,
     Params,
+    RoundParams,
     SampleParams,
     TinyParams,
     TrainParams,
@@ -60,7 +61,10 @@ def leaf_keys(obj, prefix=""):
 def test_repo_params_yaml_sets_every_key():
     # DVC tracks what params.yaml spells out: a dataclass field missing from it would change silently
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    assert leaf_keys(raw) == leaf_keys(to_dict(Params()))
+    expected = to_dict(Params())
+    expected["rounds"] = {name: to_dict(RoundParams()) for name in raw["rounds"]}  # every round spells out its keys
+    assert leaf_keys(raw) == leaf_keys(expected)
+    assert list(raw["rounds"]) == ["round1", "round2"]
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=[p.name for p in PROFILES])
@@ -224,8 +228,11 @@ def _keys(tree: dict, prefix: str = "") -> set[str]:
 def test_profiles_set_every_key_params_yaml_sets(path):
     """A shipped profile replaces params.yaml whole, so it must set every key DVC tracks there."""
     ours = _keys(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
-    theirs = _keys(yaml.safe_load(path.read_text(encoding="utf-8")))
-    assert ours == theirs
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    theirs = _keys(raw)
+    # the rounds may differ in number; each sets every key of a round
+    assert {k for k in ours if not k.startswith("rounds.")} == {k for k in theirs if not k.startswith("rounds.")}
+    assert all(set(r) == set(to_dict(RoundParams())) for r in raw["rounds"].values())
 
 
 @pytest.mark.parametrize("text, value", [("model:\n  revision: v1.0\n", "v1.0"), ("model:\n  revision:\n", None)],
@@ -275,6 +282,12 @@ RULES = [
     ("eval", {"backend": "tgi"}, "backend", "unknown backend 'tgi', expected one of ('hf', 'vllm')",
      {"backend": "vllm"}),
     ("sample", {"chunk_size": -1}, "chunk_size", "must be >= 0, got -1", {"chunk_size": 0}),
+    ("sample", {"min_accepted": -1}, "min_accepted", at_least(0, -1), {"min_accepted": 0}),
+    ("sample", {"max_samples": 4}, "max_samples", "must be 0 or in [num_samples=8, 4096], got 4", {"max_samples": 8}),
+    ("sample", {"max_samples": 4097}, "max_samples", "must be 0 or in [num_samples=8, 4096], got 4097",
+     {"max_samples": 4096}),
+    ("sample", {"min_accepted": 1}, "max_samples", "min_accepted 1 asks for more draws, but max_samples 0 allows "
+     "none beyond num_samples=8", {"min_accepted": 1, "max_samples": 9}),
     ("eval", {"chunk_size": -1}, "chunk_size", "must be >= 0, got -1", {"chunk_size": 0}),
     ("sample", {"gpu_memory_utilization": 0.0}, "gpu_memory_utilization", "must be in (0, 1], got 0.0",
      {"gpu_memory_utilization": 1.0}),
@@ -323,6 +336,41 @@ def test_rule_fails_at_load_naming_the_field(tmp_path, section, bad, key, messag
     # the value at the edge loads, and is what the section holds
     got = section_of(load_params(write(tmp_path, yaml.safe_dump(nest(section, good)))), section)
     assert {k: getattr(got, k) for k in good} == good
+
+
+ROUND_RULES = [
+    # (rounds, key named, message)
+    ({}, "rounds", "needs at least one round (round1)"),
+    ({"r1": {}}, "rounds.r1", "round 1 must be named round1"),
+    ({"round1": {}, "round3": {"policy": "round1"}}, "rounds.round3", "round 2 must be named round2"),
+    ({"round1": {"policy": "round0"}}, "rounds.round1.policy", "round1 samples from base, got 'round0'"),
+    ({"round1": {}, "round2": {"policy": "base"}}, "rounds.round2.policy", "round2 samples from round1, got 'base'"),
+    ({"round1": {"keep_previus": True}}, "rounds.round1.keep_previus", "unknown key (did you mean 'keep_previous'?)"),
+    ({"round1": {"keep_previous": "yes"}}, "rounds.round1.keep_previous", "expected bool, got str 'yes'"),
+    ({"round1": 3}, "rounds.round1", "expected a mapping, got int"),
+    ([], "rounds", "expected a mapping, got list"),
+]
+
+
+@pytest.mark.parametrize("rounds, key, message", ROUND_RULES, ids=[r[1] + ":" + r[2][:20] for r in ROUND_RULES])
+def test_round_rules(rounds, key, message):
+    with pytest.raises(InputError) as exc:
+        params_from_dict({"rounds": rounds})
+    assert str(exc.value) == f"{PARAMS_FILE}: field '{key}': {message}"
+
+
+def test_rounds_in_order_load_and_an_empty_round_is_a_default_one():
+    p = params_from_dict({"rounds": {"round1": None, "round2": {"policy": "round1", "keep_previous": True},
+                                     "round3": {"policy": "round2"}}})
+    assert list(p.rounds) == ["round1", "round2", "round3"]
+    assert p.rounds["round1"] == RoundParams() and p.rounds["round2"].keep_previous
+    assert list(Params().rounds) == ["round1"]  # the original workflow: one pass
+
+
+def test_draw_limit():
+    assert SampleParams(num_samples=8).draw_limit == 8
+    assert SampleParams(num_samples=8, max_samples=32).draw_limit == 8  # resampling off
+    assert SampleParams(num_samples=8, min_accepted=2, max_samples=32).draw_limit == 32
 
 
 @pytest.mark.parametrize("cls", [DataParams, ModelParams, *SECTIONS.values()], ids=lambda c: c.__name__)

@@ -7,10 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import EV
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lawshift import evaluation, paths
+from lawshift import evaluation
 from lawshift.data import Case
 from lawshift.report import escape_md, folder_plot, folder_table, report_markdown, term_error_plot, write_outputs
 
@@ -56,6 +57,16 @@ UNESCAPED_PIPE = re.compile(r"(?<!\\)(?:\\\\)*\|")
 
 def table_cells(line: str) -> int:
     return len(UNESCAPED_PIPE.findall(line)) - 1
+
+
+def test_report_gives_pass_at_k_and_majority_when_the_metrics_have_k():
+    assert "pass@" not in report_markdown("round1", METRICS, [])  # a metrics file from before pass@k
+    metrics = {**METRICS, "k": 3, "train_pass_at_k": 0.75, "train_majority": 0.5,
+               "overall": {**METRICS["overall"], "pass_at_k": {"original": 0.9, "poisoned": 0.8},
+                           "majority": {"original": 0.7, "poisoned": None}}}
+    text = report_markdown("round1", metrics, [])
+    assert ("- over k = 3 answers per prompt, pass@3 / majority vote: original 90.0% / 70.0%, poisoned 80.0% / –, "
+            "training subset 75.0% / 50.0%") in text
 
 
 def test_report_keeps_tables_intact_with_hostile_model_text():
@@ -133,7 +144,7 @@ ANSWERS = [("action_explicit_extend", "V", "original", 0, "<answer> 盗窃 | 30 
            (None, None, "train", 3, "<answer> 盗窃 | 24 </answer>")]
 
 
-@pytest.mark.parametrize("name", sorted(paths.EVAL))
+@pytest.mark.parametrize("name", sorted(EV))
 def test_write_outputs_writes_every_eval_output_at_its_path(tmp_path, monkeypatch, name):
     """write_outputs: predictions, metrics, report and both plot CSVs of one model at its paths.EVAL paths, each
     what the functions above make of the evaluation; nothing else, no temp file left."""
@@ -147,7 +158,7 @@ def test_write_outputs_writes_every_eval_output_at_its_path(tmp_path, monkeypatc
     note = "5 prompts, 1 answer(s) each; 0 cited article id(s) not found"
     write_outputs(name, evaluation.Evaluation(records, metrics, note, partial=None))
 
-    where = paths.EVAL[name]
+    where = EV[name]
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert written == sorted(where[k] for k in ("predictions", "metrics", "report", "folders_plot",
                                                 "term_errors_plot"))

@@ -120,7 +120,9 @@ def test_thresholds_follow_the_arguments(tmp_path):
 
 def test_main_logs_metrics(main_logs):
     m = rescore(main_logs, 36, 120)
-    assert m["folders"] == {
+    means = {name: {k: v for k, v in f.items() if k not in ("pass_at_k", "majority")}
+             for name, f in m["folders"].items()}
+    assert means == {
         "action_explicit_extend": {"label": "V", "original": 0.5, "poisoned": 1.0, "n": 2, "n_poisoned": 1},
         "my_custom_change": {"label": "NV", "original": 1.0, "poisoned": 0.666667, "n": 1, "n_poisoned": 3},
         "term_up": {"label": "TU", "original": 0.5, "poisoned": 0.666667, "n": 2, "n_poisoned": 3},

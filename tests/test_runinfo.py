@@ -4,7 +4,7 @@ read from them in pipeline order."""
 import json
 
 import pytest
-from conftest import dump_json, read_json
+from conftest import EV, R1, dump_json, read_json
 
 from lawshift import numerics, paths
 from lawshift.runinfo import StageClock, summary, time_files
@@ -30,22 +30,27 @@ def test_stage_clock_writes_its_time_file_with_extra_figures(tmp_path):
 
 def test_time_files_cover_every_stage_in_pipeline_order():
     files = time_files()
-    assert list(files) == ["base", "sample", "filter", "train", "eval@base", "eval@sft"]
-    assert files == {"base": "metrics/time/base.json", "sample": "metrics/time/sample.json",
-                     "filter": "metrics/time/filter.json", "train": "metrics/time/train.json",
-                     "eval@base": "metrics/time/eval_base.json", "eval@sft": "metrics/time/eval_sft.json"}
+    assert list(files) == ["base", "sample@round1", "filter@round1", "train@round1", "eval_base", "eval@round1"]
+    assert files == {"base": "metrics/time/base.json", "sample@round1": "metrics/time/round1/sample.json",
+                     "filter@round1": "metrics/time/round1/filter.json",
+                     "train@round1": "metrics/time/round1/train.json",
+                     "eval_base": "metrics/time/base/eval.json", "eval@round1": "metrics/time/round1/eval.json"}
+    two = time_files(["round1", "round2"])
+    assert list(two) == ["base", *(f"{s}@round{k}" for k in (1, 2) for s in ("sample", "filter", "train")),
+                         "eval_base", "eval@round1", "eval@round2"]
     # apart from the results: no time file is a stage's metrics file
-    results = {paths.BASE_METRICS, paths.SAMPLE_METRICS, paths.FILTER_METRICS, paths.TRAIN_METRICS,
-               *(m["metrics"] for m in paths.EVAL.values())}
-    assert not results & set(files.values())
+    results = {paths.BASE_METRICS, *(paths.round_files(r)[k] for r in ("round1", "round2")
+                                     for k in ("sample_metrics", "filter_metrics", "train_metrics")),
+               *(paths.eval_files(m)["metrics"] for m in ("base", "round1", "round2"))}
+    assert not results & set(two.values())
 
 
 def test_summary_lists_stages_in_pipeline_order_and_totals(tmp_path):
-    dump_json(tmp_path / paths.TIME["train"], {"wall_seconds": 12.5, "peak_rss_mb": 900, "device": "cpu"})
-    dump_json(tmp_path / paths.TIME["base"], {"wall_seconds": 2.0, "peak_rss_mb": 400})
+    dump_json(tmp_path / R1["train_time"], {"wall_seconds": 12.5, "peak_rss_mb": 900, "device": "cpu"})
+    dump_json(tmp_path / paths.BASE_TIME, {"wall_seconds": 2.0, "peak_rss_mb": 400})
     lines = summary(tmp_path).splitlines()
-    assert lines[0] == "time and memory per stage (from metrics/time/*.json):"
-    assert [ln.split()[0] for ln in lines[1:]] == ["base", "train", "total"]
+    assert lines[0] == "time and memory per stage (from metrics/time/):"
+    assert [ln.split()[0] for ln in lines[1:]] == ["base", "train@round1", "total"]
     assert lines[-1].split()[1] == "14.5"
     assert "900 MB" in lines[2]
 
@@ -64,16 +69,16 @@ def test_summary_reads_the_time_files_not_the_metrics(tmp_path):
     (tmp_path / "metrics" / "eval_sft.json").write_text(json.dumps({"overall": {}, "wall_seconds": 50.0}))
     (tmp_path / "metrics" / "eval_sft_time.json").write_text(json.dumps({"wall_seconds": 60.0, "peak_rss_mb": 1}))
     (tmp_path / "metrics" / "train.json").write_text(json.dumps({"wall_seconds": 70.0, "peak_rss_mb": 1}))
-    assert summary(tmp_path).splitlines()[1:] == [f"  {'total':<10} {0.0:8.1f} s"]
-    dump_json(tmp_path / paths.EVAL["sft"]["time"], {"wall_seconds": 1.0, "peak_rss_mb": 500})
+    assert summary(tmp_path).splitlines()[1:] == [f"  {'total':<15} {0.0:8.1f} s"]
+    dump_json(tmp_path / EV["round1"]["time"], {"wall_seconds": 1.0, "peak_rss_mb": 500})
     lines = summary(tmp_path).splitlines()
-    assert [ln.split()[0] for ln in lines[1:]] == ["eval@sft", "total"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["eval@round1", "total"]
     assert lines[-1].split()[1] == "1.0"
 
 
 @pytest.mark.parametrize("root_arg", [True, False])
 def test_summary_root_defaults_to_the_working_directory(tmp_path, monkeypatch, root_arg):
-    dump_json(tmp_path / paths.TIME["filter"], {"wall_seconds": 3.0, "peak_rss_mb": 10})
+    dump_json(tmp_path / R1["filter_time"], {"wall_seconds": 3.0, "peak_rss_mb": 10})
     monkeypatch.chdir(tmp_path)
     text = summary(tmp_path) if root_arg else summary()
-    assert [ln.split()[0] for ln in text.splitlines()[1:]] == ["filter", "total"]
+    assert [ln.split()[0] for ln in text.splitlines()[1:]] == ["filter@round1", "total"]

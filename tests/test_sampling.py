@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ENV, JUDGE, SAMPLE, SeedLog, read_json, seeds, stage_cmd
+from conftest import ENV, JUDGE, R1, SAMPLE, SeedLog, read_json, seeds, stage_cmd
 
-from lawshift import paths
-from lawshift.answers import parse_answer
+from lawshift.answers import Answer, parse_answer
 from lawshift.codedeps import code_digest
 from lawshift.data import ArticleLookup, load_articles, training_cases
 from lawshift.files import InputError, file_digest, json_digest
@@ -40,6 +39,7 @@ from lawshift.sampling import (
     Tally,
     build_prompts,
     case_record,
+    extra_record,
     longest_first,
     metrics,
     output_path,
@@ -50,6 +50,7 @@ from lawshift.sampling import (
     sample,
     shard_indices,
 )
+from lawshift.scoring import is_correct
 
 CASES = training_cases(SAMPLE)
 CPU = torch.device("cpu")
@@ -72,10 +73,10 @@ def test_empty_shard_is_a_param_error():
 
 
 @pytest.mark.parametrize("out, shard, shards, expected", [
-    (paths.SAMPLES, 0, 1, "outputs/samples.jsonl"),
-    (paths.SAMPLES, 1, 4, "outputs/samples.shard1-of-4.jsonl"),
-    (paths.SAMPLE_METRICS, 0, 2, "metrics/sample.shard0-of-2.json"),
-    (paths.TIME["sample"], 1, 2, "metrics/time/sample.shard1-of-2.json"),
+    (R1["samples"], 0, 1, "outputs/round1/samples.jsonl"),
+    (R1["samples"], 1, 4, "outputs/round1/samples.shard1-of-4.jsonl"),
+    (R1["sample_metrics"], 0, 2, "metrics/round1/sample.shard0-of-2.json"),
+    (R1["sample_time"], 1, 2, "metrics/time/round1/sample.shard1-of-2.json"),
     (Path("/abs/x.jsonl"), 0, 1, "/abs/x.jsonl"),
 ])
 def test_output_path_names_each_shards_file(out, shard, shards, expected):
@@ -83,7 +84,7 @@ def test_output_path_names_each_shards_file(out, shard, shards, expected):
 
 
 def test_partial_path():
-    assert partial_path(Path(paths.SAMPLES)) == Path("outputs/samples.jsonl.partial")
+    assert partial_path(Path(R1["samples"])) == Path("outputs/round1/samples.jsonl.partial")
     assert partial_path(Path("outputs/samples.shard1-of-4.jsonl")) == Path("outputs/samples.shard1-of-4.jsonl.partial")
 
 
@@ -175,6 +176,41 @@ def test_finalize_of_a_shard_keeps_the_header(tmp_path):
     assert final.cases == 2 and not path.exists()
 
 
+def extra(i: int, first: int, texts=(RIGHT,)) -> dict:
+    return extra_record(i, CASES[i], first, PromptResult(11, [Completion(t, 5, True) for t in texts]))
+
+
+def test_further_draws_are_journaled_counted_and_merged_in_draw_order(tmp_path):
+    path = tmp_path / "samples.jsonl.partial"
+    pf, _ = open_partial(path)
+    pf.append([record(0, (WRONG, WRONG)), record(1)])
+    pf.append([extra(0, 2, (WRONG, RIGHT))])
+    right0 = CASES[0].charge == "容留他人吸毒" and CASES[0].prison_time == 7  # RIGHT is right for case 0
+    assert (pf.drawn[0], pf.accepted[0], pf.drawn[1]) == (4, int(right0), 2)
+    pf.close()
+    pf, tally = open_partial(path)  # resumed: the same counts, further draws included
+    assert (pf.drawn[0], sorted(pf.extras), tally.cases) == (4, [0], 2)
+    pf.append([extra(0, 4, (RIGHT,))])
+    out = tmp_path / "samples.jsonl"
+    final = pf.finalize(out, [0, 1])
+    recs = [json.loads(x) for x in lines(out)]
+    assert [a["text"] for a in recs[0]["answers"]] == [WRONG, WRONG, WRONG, RIGHT, RIGHT]
+    assert recs[0]["first_draws"] == 2 and recs[0]["generated_tokens"] == 14 + 10 + 5
+    assert recs[1] == record(1)  # a case without further draws is written as recorded
+    assert (final.cases, final.answers, final.resampled, final.extra_answers) == (2, 7, 1, 3)
+
+
+@pytest.mark.parametrize("lines_, message", [
+    ([extra(0, 2)], "further draws of case 0 out of order"),  # before the case's own record
+    ([record(0), extra(0, 3)], "further draws of case 0 out of order"),  # a gap: draws 2 missing
+])
+def test_further_draws_out_of_order_are_an_error(tmp_path, lines_, message):
+    path = tmp_path / "samples.jsonl.partial"
+    path.write_bytes(header(SETTINGS) + b"".join(json.dumps(r).encode() + b"\n" for r in lines_))
+    with pytest.raises(InputError, match=message):
+        open_partial(path)
+
+
 def test_torn_last_line_is_dropped_and_redone(tmp_path, capsys):
     path = tmp_path / "samples.jsonl.partial"
     pf, _ = open_partial(path)
@@ -244,9 +280,12 @@ STATS = RunStats(Tally(cases=3, answers=6, correct=2, format_errors=1, unfinishe
 
 
 def test_metrics_are_the_results_only():
-    assert metrics(STATS, missing_articles=4) == {
+    stats = dataclasses.replace(STATS, tally=dataclasses.replace(STATS.tally, covered_first=1, covered=2,
+                                                                 resampled=1, extra_answers=2))
+    assert metrics(stats, missing_articles=4) == {
         "cases": 3, "answers_generated": 6, "generated_tokens": 90, "prompt_tokens": 30, "missing_articles": 4,
-        "correct_exact": 2, "format_errors": 1, "unfinished_answers": 1}
+        "correct_exact": 2, "format_errors": 1, "unfinished_answers": 1, "coverage_first": round(1 / 3, 6),
+        "coverage": round(2 / 3, 6), "cases_resampled": 1, "extra_answers": 2}
 
 
 def test_run_info_is_how_the_run_went():
@@ -264,7 +303,9 @@ def test_run_settings_hold_what_decides_the_records(tmp_path):
     train = SAMPLE / "training_set.json"
     sp = SampleParams()
     settings = run_settings(sp, "org/model", train, arts, ["a", "b"], 0)
-    assert set(settings) == {"code", "model", "training_set", "articles", "prompts", "seed", *SAMPLING_KEYS}
+    assert set(settings) == {"code", "model", "adapter", "streams", "training_set", "articles", "prompts", "seed",
+                             *SAMPLING_KEYS}
+    assert settings["adapter"] is None and settings["streams"] == ""
     assert settings["code"] == code_digest("sample")  # a partial made by other code is not continued
     assert settings["model"] == "hub:org/model"  # a hub id stands for itself
     assert settings["training_set"] == file_digest(train) and settings["articles"] == file_digest(arts)
@@ -280,8 +321,11 @@ def test_run_settings_hold_what_decides_the_records(tmp_path):
              run_settings(sp, "org/model", train, arts, ["a", "b", "c"], 0),
              *(run_settings(dataclasses.replace(sp, **{k: v}), "org/model", train, arts, ["a", "b"], 0)
                for k, v in [("temperature", 0.5), ("top_p", 0.5), ("num_samples", 2),
-                            ("max_new_tokens", 7), ("batch_size", 3), ("backend", "vllm")]),
-             run_settings(sp, "org/model", train, arts, ["a", "b"], 1)]
+                            ("max_new_tokens", 7), ("batch_size", 3), ("backend", "vllm"), ("min_accepted", 1),
+                            ("max_samples", 16)]),
+             run_settings(sp, "org/model", train, arts, ["a", "b"], 1),
+             run_settings(sp, "org/model", train, arts, ["a", "b"], 0, adapter="org/adapter"),
+             run_settings(sp, "org/model", train, arts, ["a", "b"], 0, family="round2")]
     assert all(json_digest(o) != json_digest(settings) for o in other)
 
 
@@ -366,7 +410,8 @@ def test_records_hold_prompt_labels_answers_parses_and_token_counts(tiny, uninte
     job = make_job(tiny, SP)
     for r, case, prompt in zip(recs, CASES, job.prompts, strict=False):
         assert set(r) == {"index", "case_id", "fact", "relevant_articles", "charge", "prison_time", "prompt",
-                          "prompt_tokens", "generated_tokens", "answers"}
+                          "prompt_tokens", "generated_tokens", "first_draws", "answers"}
+        assert r["first_draws"] == SP.num_samples
         assert (r["case_id"], r["fact"], r["relevant_articles"], r["charge"], r["prison_time"]) == (
             case.case_id, case.fact, list(case.relevant_articles), case.charge, case.prison_time)
         assert r["prompt"] == prompt
@@ -403,6 +448,85 @@ def test_resumed_run_draws_the_same_answers_as_an_uninterrupted_one(tiny, uninte
     assert out.read_bytes() == full.read_bytes()
     assert stats.tally == done.tally  # the counts cover the resumed cases too
     assert stats.new_tokens == sum(json.loads(x)["generated_tokens"] for x in lines(full)[4:])
+
+
+RESAMPLE = dataclasses.replace(SP, num_samples=2, min_accepted=2, max_samples=6)
+
+
+def accepted(rec: dict) -> list[bool]:
+    """Per answer: finished and exactly right (what resampling counts)."""
+    case = CASES[rec["index"]]
+    return [a["finished"] and is_correct(None if a["parse"] is None else Answer(**a["parse"]), case, 0)
+            for a in rec["answers"]]
+
+
+@pytest.fixture(scope="module")
+def resampled(tiny, tmp_path_factory):
+    """A run with resampling on: 2 first draws, then 2 more while a case has fewer than 2 accepted, up to 6."""
+    log = SeedLog(backend_of(tiny))
+    out = tmp_path_factory.mktemp("resampled") / "samples.jsonl"
+    stats = sample(make_job(tiny, RESAMPLE), log, RESAMPLE, out)
+    return out, stats, log
+
+
+@pytest.mark.slow
+def test_resampling_draws_more_only_where_too_few_are_accepted(tiny, resampled):
+    out, stats, log = resampled
+    recs = [json.loads(x) for x in lines(out)]
+    for rec in recs:
+        ok, n = accepted(rec), len(rec["answers"])
+        assert rec["first_draws"] == 2 and n in (2, 4, 6)
+        # it drew again exactly while it had fewer than 2 accepted and fewer than 6 draws
+        for drawn in range(2, n, 2):
+            assert sum(ok[:drawn]) < 2
+        assert sum(ok) >= 2 or n == 6
+    assert any(len(r["answers"]) > 2 for r in recs)  # the check above can fail: some cases were resampled
+    t = stats.tally
+    assert t.resampled == sum(len(r["answers"]) > 2 for r in recs)
+    assert t.extra_answers == sum(len(r["answers"]) - 2 for r in recs) and t.answers == 12 + t.extra_answers
+    assert t.covered_first == sum(any(accepted(r)[:2]) for r in recs)
+    assert t.covered == sum(any(accepted(r)) for r in recs) >= t.covered_first
+    # further draws continue the case's streams: draws 2 and 4 are prompted with stream + 2 and stream + 4
+    job = make_job(tiny, RESAMPLE)
+    index_of = {job.prompts[k]: job.indices[k] for k in range(len(job.indices))}
+    firsts = {}
+    for call in log.calls:
+        for prompt, seed in call:
+            firsts.setdefault(index_of[prompt], []).append(seed - stream_seed(SEED, index_of[prompt]))
+    assert {i: f for i, f in firsts.items()} == {r["index"]: list(range(0, len(r["answers"]), 2)) for r in recs}
+
+
+@pytest.mark.slow
+def test_first_draws_do_not_depend_on_resampling(tiny, resampled, tmp_path):
+    plain_sp = dataclasses.replace(RESAMPLE, min_accepted=0)
+    plain = tmp_path / "samples.jsonl"
+    sample(make_job(tiny, plain_sp), backend_of(tiny), plain_sp, plain)
+    for a, b in zip(map(json.loads, lines(plain)), map(json.loads, lines(resampled[0])), strict=True):
+        assert a["answers"] == b["answers"][:2]
+
+
+@pytest.mark.slow
+def test_resampling_resumes_to_the_same_records(tiny, resampled, tmp_path):
+    """Killed during the further draws: the first draws of every case and one case's further draws are saved; the
+    rerun makes the same file as the uninterrupted run."""
+    full = resampled[0]
+    recs = [json.loads(x) for x in lines(full)]
+    job = make_job(tiny, RESAMPLE)
+    out = tmp_path / "samples.jsonl"
+    pf = PartialFile(partial_path(out), job.settings, {i: CASES[i].case_id for i in job.indices}, Tally())
+    pf.append([{**r, "answers": r["answers"][:2], "generated_tokens": sum(a["num_tokens"] for a in r["answers"][:2])}
+               for r in recs])
+    more = next(r for r in recs if len(r["answers"]) > 2)
+    further = more["answers"][2:4]
+    pf.append([{"index": more["index"], "case_id": more["case_id"], "first": 2,
+                "generated_tokens": sum(a["num_tokens"] for a in further), "answers": further}])
+    pf.close()
+    log = SeedLog(backend_of(tiny))
+    stats = sample(job, log, RESAMPLE, out)
+    assert out.read_bytes() == full.read_bytes()
+    assert stats.resumed_cases == len(recs) and stats.tally == resampled[1].tally
+    assert all(prompt != more["prompt"] or seed != stream_seed(SEED, more["index"]) + 2
+               for call in log.calls for prompt, seed in call)  # its saved draws are not drawn again
 
 
 @pytest.mark.slow
@@ -444,7 +568,7 @@ def _interrupt(cwd: Path, partial: Path, more_than: int, sig: int) -> int:
 def test_ctrl_c_then_sigkill_then_rerun_yields_every_case_once(project):
     n_cases = 12
     root = project(n_train=n_cases, params={"sample": {"num_samples": 4}})
-    partial, final = root / partial_path(Path(paths.SAMPLES)), root / paths.SAMPLES
+    partial, final = root / partial_path(Path(R1["samples"])), root / R1["samples"]
     log = root / "interrupted.log"
 
     assert _interrupt(root, partial, 0, signal.SIGINT) == 130, log.read_text()
@@ -464,13 +588,13 @@ def test_ctrl_c_then_sigkill_then_rerun_yields_every_case_once(project):
     assert [r["case_id"] for r in recs] == [c.case_id for c in CASES[:n_cases]]
     assert set(before) <= set(after)  # what was saved before the kill is kept verbatim
     assert not partial.exists()
-    results = read_json(root / paths.SAMPLE_METRICS)
+    results = read_json(root / R1["sample_metrics"])
     assert results["cases"] == n_cases
     assert results["answers_generated"] == 4 * n_cases
     assert results["generated_tokens"] == sum(r["generated_tokens"] for r in recs)
     assert results["missing_articles"] == 0
     assert set(results) == set(metrics(STATS, 0))  # results only: no time, device or throughput
-    timing = read_json(root / paths.TIME["sample"])
+    timing = read_json(root / R1["sample_time"])
     assert timing["resumed_cases"] == len(before) and timing["backend"] == "hf" and timing["device"] == "cpu"
     assert timing["tokens_per_second"] > 0 and timing["wall_seconds"] > 0 and timing["peak_rss_mb"] > 0
     assert set(timing) >= set(run_info(STATS, "hf", "cpu")) | {"wall_seconds", "peak_rss_mb"}

@@ -19,7 +19,7 @@ from lawshift.data import ArticleLookup, load_articles, training_cases
 from lawshift.examples import IGNORE, collate, end_of_turn_id
 from lawshift.files import InputError
 from lawshift.prompts import render_prompt
-from lawshift.sftdata import Collator, SftDataset, SftRecord, build_examples, read_sft
+from lawshift.sftdata import Collator, SftDataset, SftRecord, build_examples, filter_metrics_of, read_sft
 
 
 def make_records(tokenizer, counts: list[int]) -> list[dict]:
@@ -87,9 +87,17 @@ def test_read_sft_reads_valid_records(tmp_path):
     assert isinstance(read_sft(path)[1].weight, float)
 
 
+def test_the_filter_metrics_beside_a_rounds_sft_data():
+    from lawshift import paths
+
+    assert filter_metrics_of(paths.round_files("round1")["sft"]) == "metrics/round1/filter.json"
+    assert filter_metrics_of(Path("/x") / paths.round_files("round2")["sft"]) == "metrics/round2/filter.json"
+    assert filter_metrics_of("/tmp/sft.jsonl") == "the filter's metrics"
+
+
 def test_read_sft_empty_points_at_filter_metrics(tmp_path):
     path = write_jsonl(tmp_path / "sft.jsonl", [])
-    with pytest.raises(InputError, match=r"sft\.jsonl: no accepted answers.*metrics/filter\.json"):
+    with pytest.raises(InputError, match=r"sft\.jsonl: no accepted answers.*the filter.s metrics"):
         read_sft(path)
 
 

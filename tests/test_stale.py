@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ENV, REPO, read_json
+from conftest import ENV, R1, REPO, read_json
 
-from lawshift import codedeps, paths
+from lawshift import codedeps
 from lawshift.codedeps import code_digest
 from lawshift.data import LABELS
 from lawshift.files import file_digest
@@ -37,7 +37,7 @@ def records(partial: Path) -> int:
 
 def kill_after_some_cases(code: Path, root: Path, env: dict) -> None:
     """Run the copy's sample stage in `root` and SIGKILL it once the journal holds a case or more."""
-    partial = root / (paths.SAMPLES + ".partial")
+    partial = root / (R1["samples"] + ".partial")
     proc = subprocess.Popen([sys.executable, str(code / "stages" / "sample.py")], cwd=root, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -45,7 +45,7 @@ def kill_after_some_cases(code: Path, root: Path, env: dict) -> None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 1 <= records(partial) and not (root / paths.SAMPLES).exists()
+    assert 1 <= records(partial) and not (root / R1["samples"]).exists()
 
 
 @pytest.mark.slow
@@ -55,7 +55,7 @@ def test_a_partial_from_other_code_is_not_continued(project, tmp_path, change):
     code = copy_repo(tmp_path / "code")
     env = {**ENV, "PYTHONPATH": str(code)}
     kill_after_some_cases(code, root, env)
-    saved = records(root / (paths.SAMPLES + ".partial"))
+    saved = records(root / (R1["samples"] + ".partial"))
     if change:  # a module the sample stage runs, changed in a way that changes no answer
         scoring = code / "lawshift" / "scoring.py"
         scoring.write_text(scoring.read_text(encoding="utf-8") + "\n# changed\n", encoding="utf-8")
@@ -63,13 +63,13 @@ def test_a_partial_from_other_code_is_not_continued(project, tmp_path, change):
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     said = [line for line in rerun.stderr.splitlines() if "starting afresh" in line]
-    resumed = read_json(root / paths.TIME["sample"])["resumed_cases"]
+    resumed = read_json(root / R1["sample_time"])["resumed_cases"]
     if change:
-        assert said == [f"sample: {paths.SAMPLES}.partial: written with different settings (code); starting afresh"]
+        assert said == [f"sample: {R1['samples']}.partial: written with different settings (code); starting afresh"]
         assert resumed == 0
     else:
         assert said == [] and resumed == saved
-    assert read_json(root / paths.SAMPLE_METRICS)["cases"] == 12
+    assert read_json(root / R1["sample_metrics"])["cases"] == 12
 
 
 def test_every_resumable_header_carries_its_stage_code(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, read_json, run_stage
+from conftest import R1, REPO, read_json, run_stage
 from test_sftdata import make_records, write_jsonl
 from transformers import TrainerCallback
 
@@ -85,7 +85,7 @@ def test_training_arguments_follow_the_params(tmp_path):
 
 def test_empty_input_points_at_filter_metrics(tmp_path, tiny_base):
     path = write_jsonl(tmp_path / "sft.jsonl", [])
-    with pytest.raises(InputError, match=r"no accepted answers.*metrics/filter\.json"):
+    with pytest.raises(InputError, match=r"no accepted answers.*the filter.s metrics"):
         train_sft(str(tiny_base), path, tmp_path / "sft", TINY_TRAIN, seed=SEED, **run_dirs(tmp_path))
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "sft").exists()
 
@@ -226,36 +226,35 @@ def stage_main():
 @pytest.mark.slow
 def test_stage_trains_an_adapter_the_eval_stage_loads(project, tiny):
     root = project(params={"train": STAGE_TRAIN})
-    write_jsonl(root / paths.SFT_DATA, make_records(tiny.tokenizer, [3, 1, 2]))
+    write_jsonl(root / R1["sft"], make_records(tiny.tokenizer, [3, 1, 2]))
     stage_main()()
 
-    metrics = read_json(paths.TRAIN_METRICS)
+    metrics = read_json(R1["train_metrics"])
     assert metrics["steps"] == 2 and metrics["examples"] == 6 and metrics["cases"] == 3
     assert metrics["trainable_params"] > 0
     assert math.isfinite(metrics["loss_last"]) and metrics["dropped_too_long"] == 0
     assert not {"train_tokens_per_second", "device", "resumed_from", "wall_seconds", "peak_rss_mb"} & set(metrics)
-    timing = read_json(paths.TIME["train"])  # metrics/time/train.json: how the run went
+    timing = read_json(R1["train_time"])  # metrics/time/train.json: how the run went
     assert timing["train_tokens_per_second"] > 0 and timing["device"] == "cpu" and timing["resumed_from"] is None
     assert timing["wall_seconds"] > 0 and timing["peak_rss_mb"] > 0
-    model = models.load_model(models.resolve_base(paths.BASE), device=torch.device("cpu"), adapter=paths.ADAPTER)
+    model = models.load_model(models.resolve_base(paths.BASE), device=torch.device("cpu"), adapter=R1["adapter"])
     assert any(".lora_B." in n and p.abs().sum() > 0 for n, p in model.named_parameters())  # trained, not init
     # every dvclive file dvc.yaml declares as a plot is one the run really wrote
-    declared = [path for plot in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
-                for spec in plot.values() if isinstance(spec, dict) for path in spec.get("y", {})
-                if path.startswith(paths.LIVE)]
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["do"]
+    declared = [path.replace("${key}", "round1") for plot in stage["plots"] for path in plot]
     assert declared and all(Path(p).is_file() for p in declared)
-    assert list(Path(paths.TENSORBOARD).glob("events.out.tfevents.*"))
-    assert not Path("dvc.yaml").exists() and not Path(paths.LIVE, "dvc.yaml").exists()
-    assert not Path(paths.CHECKPOINTS).exists()
+    assert list(Path(R1["tensorboard"]).glob("events.out.tfevents.*"))
+    assert not Path("dvc.yaml").exists() and not Path(R1["live"], "dvc.yaml").exists()
+    assert not Path(R1["checkpoints"]).exists()
 
 
 @pytest.mark.slow
 def test_stage_empty_input_is_one_line_and_exit_2(project):
     root = project()
-    write_jsonl(root / paths.SFT_DATA, [])
+    write_jsonl(root / R1["sft"], [])
     proc = run_stage(root, "train", timeout=300)
     assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "metrics/filter.json" in proc.stderr
-    assert proc.stderr.startswith(f"error: {paths.SFT_DATA}: no accepted answers")
-    assert not (root / paths.ADAPTER).exists() and not (root / paths.TRAIN_METRICS).exists()
-    assert not (root / paths.TIME["train"]).exists() and not (root / paths.CHECKPOINTS).exists()
+    assert proc.stderr.count("\n") == 1 and R1["filter_metrics"] in proc.stderr
+    assert proc.stderr.startswith(f"error: {R1['sft']}: no accepted answers")
+    assert not (root / R1["adapter"]).exists() and not (root / R1["train_metrics"]).exists()
+    assert not (root / R1["train_time"]).exists() and not (root / R1["checkpoints"]).exists()

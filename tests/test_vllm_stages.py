@@ -4,7 +4,8 @@ every engine it builds and every `LLM.generate` call it answers.
 
 What a GPU run relies on, proven through the same code: one engine call per chunk (the whole training set by
 default), a stream per (case, answer) that no other pair shares and that sharding leaves unchanged, no truncated
-answer accepted, eval@sft served as base + adapter through a LoRARequest, `model.allow_pickle` as `load_format`.
+answer accepted, eval@round1 and round 2's sampling served as base + round 1's adapter through a LoRARequest,
+`model.allow_pickle` as `load_format`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ENV, REPO, read_json, run_stage
+from conftest import ENV, EV, R1, REPO, read_json, run_stage
 
 from lawshift import paths
 from lawshift.generation import stream_seed
@@ -72,12 +73,12 @@ def test_sample_filter_train_eval_through_vllm(vllm_project, tmp_path):
     assert init["load_format"] == "safetensors" and not init["enable_lora"] and init["seed"] == SEED
     (call,) = events(log, "generate")
     assert call["prompts"] == 8
-    records = [json.loads(x) for x in (root / paths.SAMPLES).read_text(encoding="utf-8").splitlines()]
+    records = [json.loads(x) for x in (root / R1["samples"]).read_text(encoding="utf-8").splitlines()]
     streams = case_streams(log, records)
     assert streams == {i: [stream_seed(SEED, i) + j for j in range(N)] for i in range(8)}
     drawn = [s for seeds in streams.values() for s in seeds]
     assert len(set(drawn)) == len(drawn) == 8 * N
-    assert read_json(root / paths.TIME["sample"])["backend"] == "vllm" and "sample:" in out
+    assert read_json(root / R1["sample_time"])["backend"] == "vllm" and "sample@round1:" in out
 
     # --- the same streams and answers in 2 shards of 3-case chunks: a case's streams are its own
     shard_log = tmp_path / "shards.jsonl"
@@ -85,7 +86,7 @@ def test_sample_filter_train_eval_through_vllm(vllm_project, tmp_path):
         "chunk_size: 1024", "chunk_size: 3", 1), encoding="utf-8")
     for i in (0, 1):
         ok(run_stage(root, "sample", "--shard-index", str(i), "--num-shards", "2", env=vllm_env(shard_log)))
-    sharded = [json.loads(x) for i in (0, 1) for x in (root / f"outputs/samples.shard{i}-of-2.jsonl").read_text(
+    sharded = [json.loads(x) for i in (0, 1) for x in (root / f"outputs/round1/samples.shard{i}-of-2.jsonl").read_text(
         encoding="utf-8").splitlines()[1:]]
     assert [c["prompts"] for c in events(shard_log, "generate")] == [3, 1, 3, 1]
     assert case_streams(shard_log, sharded) == streams
@@ -96,16 +97,16 @@ def test_sample_filter_train_eval_through_vllm(vllm_project, tmp_path):
     cut = [(rec, a) for rec, a in answers if not a["finished"]]
     assert cut and len(cut) < len(answers)  # both kinds occur, so the check below can fail
     ok(run_stage(root, "filter", env=env))
-    stats = read_json(root / paths.FILTER_METRICS)
+    stats = read_json(root / R1["filter_metrics"])
     assert stats["truncated"] == len(cut)
     finished = {(rec["case_id"], a["text"]) for rec, a in answers if a["finished"]}
-    sft = [json.loads(x) for x in (root / paths.SFT_DATA).read_text(encoding="utf-8").splitlines()]
+    sft = [json.loads(x) for x in (root / R1["sft"]).read_text(encoding="utf-8").splitlines()]
     assert sft and all((r["case_id"], r["response"]) in finished for r in sft)
 
     # --- train (QLoRA on CPU), then eval: base as it is, sft as base + adapter through a LoRARequest
     ok(run_stage(root, "train", env=env, timeout=900))
     ok(run_stage(root, "eval", "base", env=env))
-    ok(run_stage(root, "eval", "sft", env=env))
+    ok(run_stage(root, "eval", "round1", env=env))
     base_init, sft_init = events(log, "init")[1:]
     assert not base_init["enable_lora"] and sft_init["enable_lora"] and sft_init["max_lora_rank"] == 8
     eval_calls = events(log, "generate")[1:]
@@ -113,13 +114,25 @@ def test_sample_filter_train_eval_through_vllm(vllm_project, tmp_path):
     base_calls, sft_calls = eval_calls[:1], eval_calls[1:]
     assert [c["prompts"] for c in eval_calls] == [n_items, n_items]
     assert all(r["lora_path"] is None for c in base_calls for r in c["requests"])
-    assert all(r["lora_path"] == paths.ADAPTER for c in sft_calls for r in c["requests"])
-    for name in paths.EVAL:
-        metrics = read_json(root / paths.EVAL[name]["metrics"])
-        preds = [json.loads(x) for x in (root / paths.EVAL[name]["predictions"]).read_text("utf-8").splitlines()]
+    assert all(r["lora_path"] == R1["adapter"] for c in sft_calls for r in c["requests"])
+    for name in EV:
+        metrics = read_json(root / EV[name]["metrics"])
+        preds = [json.loads(x) for x in (root / EV[name]["predictions"]).read_text("utf-8").splitlines()]
         share = sum(not r["finished"] for r in preds if r["split"] != "train") / (2 * 3)
         assert metrics["overall"]["truncated"] == round(share, 6)
-        assert read_json(root / paths.EVAL[name]["time"])["wall_seconds"] > 0
+        assert read_json(root / EV[name]["time"])["wall_seconds"] > 0
+
+    # --- round 2 samples from base + round 1's adapter: one LoRA engine, every request through the adapter
+    ok(run_stage(root, "sample", "round2", env=env))
+    (r2_init,) = events(log, "init")[3:]
+    assert r2_init["enable_lora"] and r2_init["max_lora_rank"] == 8
+    r2_calls = events(log, "generate")[3:]  # chunks of 3 cases (the chunk size set above)
+    assert [c["prompts"] for c in r2_calls] == [3, 3, 2]
+    assert all(r["lora_path"] == R1["adapter"] for c in r2_calls for r in c["requests"])
+    # its streams are round 2's own: none of round 1's seeds again
+    r1_seeds = {s for r in events(log, "generate")[0]["requests"] for s in r["child_seeds"]}
+    assert not r1_seeds & {s for c in r2_calls for r in c["requests"] for s in r["child_seeds"]}
+    assert read_json(root / paths.round_files("round2")["sample_metrics"])["cases"] == 8
 
 
 def test_allow_pickle_reaches_vllm_as_load_format(vllm_project, tmp_path):
@@ -132,8 +145,8 @@ def test_allow_pickle_reaches_vllm_as_load_format(vllm_project, tmp_path):
 
 
 def test_eval_sft_without_an_adapter_is_a_one_line_error(vllm_project, tmp_path):
-    proc = run_stage(vllm_project, "eval", "sft", env=vllm_env(tmp_path / "vllm.jsonl"))
+    proc = run_stage(vllm_project, "eval", "round1", env=vllm_env(tmp_path / "vllm.jsonl"))
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert last == "error: models/sft: no adapter_model.safetensors: run the train stage first"
+    assert last == "error: models/round1: no adapter_model.safetensors: run the train stage first"
     assert not (tmp_path / "vllm.jsonl").exists()  # refused before any engine was built
