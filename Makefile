@@ -29,7 +29,7 @@ test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 # The spread over seeds (README, Results): seeds 1-4 as DVC experiments beside the workspace's (run `make repro`
-# first), their figures in metrics/seeds.json, then the README table with mean and min-max. About 14 min on 2 cores.
+# first), their figures in metrics/seeds.json, then the README table with mean and min-max. About 12 min on 2 cores.
 seeds: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lawshift.seeds
 	$(BIN)/python -m lawshift.results

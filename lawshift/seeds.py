@@ -1,6 +1,6 @@
 """A spread over seeds: the default pipeline rerun under other values of `seed` as DVC experiments.
 
-    python -m lawshift.seeds              # seeds 1..4 beside the workspace's (make seeds; ~11 min on 2 cores)
+    python -m lawshift.seeds              # seeds 1..4 beside the workspace's (make seeds; ~12 min on 2 cores)
     python -m lawshift.seeds --seeds 1 2 3 4 5 6 7 8
     python -m lawshift.seeds --collect    # only re-read the experiments already run
 

@@ -114,6 +114,20 @@ def test_the_last_case_keeps_all_its_streams():
     assert len(last) == SEED_STRIDE and not last & first
 
 
+def test_a_round_samples_from_the_round_before_it_on_streams_of_its_own():
+    from lawshift.params import params_from_dict
+    from lawshift.sampling import policy, streams
+
+    p = params_from_dict({"rounds": {"round1": {}, "round2": {"policy": "round1"}, "round3": {"policy": "round2"}}})
+    assert [policy(p, r) for r in p.rounds] == [None, "models/round1", "models/round2"]  # None: the base alone
+    assert [streams(r) for r in p.rounds] == ["", "round2", "round3"]
+    firsts = {r: {stream_seed(0, i, streams(r)) + j for i in range(62) for j in range(32)} for r in p.rounds}
+    assert not firsts["round1"] & firsts["round2"] and not firsts["round2"] & firsts["round3"]
+    assert stream_seed(0, 5, "") == stream_seed(0, 5)  # round 1 keeps the run's own streams
+    with pytest.raises(InputError, match="no round 'round4'"):
+        policy(p, "round4")
+
+
 def test_longest_first_keeps_prompts_with_their_cases():
     indices, prompts = longest_first([3, 4, 5], ["b", "ccc", "a"], [2, 3, 1])
     assert (indices, prompts) == ([4, 3, 5], ["ccc", "b", "a"])
