@@ -174,7 +174,7 @@ def majority_success(answers: Sequence[dict]) -> bool:
             votes.setdefault(key, [0, r])[0] += 1
     if not votes:
         return False
-    count, first = max(votes.values(), key=lambda v: v[0])  # max keeps the first of equal counts: dicts are ordered
+    _, first = max(votes.values(), key=lambda v: v[0])  # max keeps the first of equal counts: dicts are ordered
     return bool(first["success"])
 
 
@@ -232,9 +232,9 @@ def compute_metrics(records: Sequence[dict], k: int | None = None) -> dict:
     Each prompt counts once: its k answers are averaged first (`original`, `poisoned`, `train_exact`: the mean
     success). Beside the mean, `pass_at_k` (the unbiased estimate that one of k draws succeeds) and `majority` (the
     majority-vote answer succeeds) per split, label type, folder and for the train-set check; `k` defaults to the
-    fewest answers a prompt has, and with one answer all three agree. `format_valid` is the share of all LawShift
-    answers that parse. A figure with no cases to measure is None. `truncated` is the share of answers that stopped
-    at the length limit (scored as they stand, as LawShift scores them).
+    fewest answers a prompt has, and with one answer per prompt all three agree. `format_valid` is the share of all
+    LawShift answers that parse. A figure with no cases to measure is None. `truncated` is the share of answers that
+    stopped at the length limit (scored as they stand, as LawShift scores them).
     """
     k = k or max(answers_per_prompt(records), 1)
     bench = [r for r in records if r["split"] in SPLITS]

@@ -172,7 +172,7 @@ class TrainParams:
     max_grad_norm: float = 1.0  # gradient clipping (the Trainer default the reference ran with); 0 = off
     logging_steps: int = 10
     save_steps: int = 100
-    save_total_limit: int = 2  # checkpoints kept in checkpoints/sft (only to resume an interrupted run)
+    save_total_limit: int = 2  # checkpoints kept in checkpoints/<round> (only to resume an interrupted run)
     max_length: int = 4096
     gradient_checkpointing: bool = True
     optim: str = "paged_adamw_32bit"

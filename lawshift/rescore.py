@@ -7,7 +7,7 @@ folder, `{"folder": …, "label_type": …, "original": …, "poisoned": …}`, 
 object with a `predictions` list. A record holds the model's text in `full_response` (or `response`): a string, or
 a list of strings when the script drew several samples per case. Every answer is parsed by
 `lawshift.answers.parse_answer` and judged by `lawshift.scoring.lawshift_success` through the eval stage's own
-`score_answer`, and the metrics come from `compute_metrics`, so FILE has the layout of `metrics/eval_<model>.json`
+`score_answer`, and the metrics come from `compute_metrics`, so FILE has the layout of `metrics/<model>/eval.json`
 (`overall`, `by_label`, `folders`) and a published model sits beside ours under one protocol.
 
 FILE also gets `agreement`: on the records that carry the log's own `is_correct`, the share where this project's
