@@ -9,6 +9,7 @@ power loss loses at most the record being written.
     journal.open(lambda line, rec, span: ...)   # records of a matching earlier run, or a fresh file
     journal.append([rec, ...])                  # one write + fsync per call
     journal.copy_to(out, spans)                 # the chosen records, in the order given, atomically
+    journal.write_to(out, build)                # records built from spans (read(span) -> dict), atomically
     journal.remove()
 
 Opening an existing file:
@@ -29,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from lawshift.files import InputError, atomic_path, json_digest, write_text
@@ -182,22 +183,22 @@ class Journal:
             dst.flush()
             os.fsync(dst.fileno())
 
-    def read_span(self, span: Span) -> dict:
-        """The record at `span` (a line this journal wrote or resumed)."""
-        offset, length = span
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            raw = f.read(length)
-        return _record(self.path, None, raw)
-
-    def write_to(self, out: str | Path, records: Sequence[dict], keep_header: bool = False) -> None:
-        """Write `records`, in that order, to `out` atomically, as journal lines (the header first only if
-        `keep_header`)."""
+    def write_to(self, out: str | Path, build: Callable[[Callable[[Span], dict]], Iterable[dict]],
+                 keep_header: bool = False) -> None:
+        """Write the records `build(read)` yields, in that order, to `out` atomically as journal lines (the header
+        first only if `keep_header`); `read(span)` gives the record at a span of this journal. The records stream
+        from one open file to the output: a large journal is never held in memory."""
         self.close()
         with atomic_path(out) as tmp, open(self.path, "rb") as src, open(tmp, "wb") as dst:
             if keep_header:
                 dst.write(src.read(self.header_size))
-            dst.write(b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8") for r in records))
+
+            def read(span: Span) -> dict:
+                src.seek(span[0])
+                return _record(self.path, None, src.read(span[1]))
+
+            for rec in build(read):
+                dst.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
             dst.flush()
             os.fsync(dst.fileno())
 

@@ -167,8 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     p = load_params(args.params)
-    if args.round not in p.rounds:
-        raise InputError(args.params, f"no round {args.round!r}; the rounds are {list(p.rounds)}", field="rounds")
+    p.round(args.round, args.params)
     where = paths.round_files(args.round)
     out = Path(where["samples"])
     training_set = Path(p.data.root) / "training_set.json"

@@ -260,6 +260,12 @@ class Params:
     def problems(self) -> list[tuple[str, str]]:
         return _round_problems(self.rounds)
 
+    def round(self, name: str, path: str | Path = PARAMS_FILE) -> RoundParams:
+        """Round `name`'s params; a name that is not a round is the one-line error naming the file and `rounds`."""
+        if name not in self.rounds:
+            raise InputError(path, f"no round {name!r}; the rounds are {list(self.rounds)}", field="rounds")
+        return self.rounds[name]
+
 
 def _check_type(value: Any, tp: Any, where: str, path: str) -> Any:
     origin = typing.get_origin(tp)

@@ -215,12 +215,13 @@ class Tally:
             raise InputError(path, f"malformed case record ({err!r}); delete the file to start afresh",
                              line=line) from None
         gold = gold_case(rec, path, line)
-        ok = accepted_flags(rec, gold, path, line)
+        correct = [is_correct(a, gold, term_tolerance=0) for a in parses]
+        ok = [c and f for c, f in zip(correct, finished, strict=True)]  # what accepted_flags gives
         self.cases += 1
         self.answers += len(parses)
         self.format_errors += sum(a is None for a in parses)
         self.unfinished += sum(not f for f in finished)
-        self.correct += sum(is_correct(a, gold, term_tolerance=0) for a in parses)
+        self.correct += sum(correct)
         self.prompt_tokens += prompt_tokens
         self.generated_tokens += generated_tokens
         self.covered_first += any(ok[:first])
@@ -288,13 +289,14 @@ class PartialFile:
         """Write the records in `order`, each with its further draws merged in, to `out` atomically, the header line
         first only if `keep_header` (a shard's file: the merge checks it); remove the partial file."""
         tally = Tally()
-        records = []
-        for i in order:
-            rec = merge_extras(self.journal.read_span(self.done[i]),
-                               [self.journal.read_span(s) for s in self.extras.get(i, [])])
-            tally.add(rec, self.path)
-            records.append(rec)
-        self.journal.write_to(out, records, keep_header)
+
+        def merged(read):
+            for i in order:
+                rec = merge_extras(read(self.done[i]), [read(s) for s in self.extras.get(i, [])])
+                tally.add(rec, self.path)
+                yield rec
+
+        self.journal.write_to(out, merged, keep_header)
         self.journal.remove()
         return tally
 
@@ -421,9 +423,7 @@ def run_info(stats: RunStats, backend: str, device: str) -> dict:
 
 def policy(p: Params, round_name: str) -> str | None:
     """The adapter that samples round `round_name` (the round before it), or None: round1 samples from the base."""
-    if round_name not in p.rounds:
-        raise param_error("rounds", f"no round {round_name!r}; the rounds are {list(p.rounds)}")
-    name = p.rounds[round_name].policy
+    name = p.round(round_name).policy
     return None if name == "base" else paths.round_files(name)["adapter"]
 
 

@@ -333,8 +333,7 @@ def sort_target_modules(config: Path) -> None:
 def run(p: Params, round_name: str) -> tuple[dict, dict] | None:
     """The train stage of round `round_name`: a fresh adapter over the settled base, trained on the round's filtered
     answers (see `train_sft`)."""
-    if round_name not in p.rounds:
-        raise param_error("rounds", f"no round {round_name!r}; the rounds are {list(p.rounds)}")
+    p.round(round_name)  # a known round, or the one-line error
     where = paths.round_files(round_name)
     return train_sft(models.resolve_base(paths.BASE), where["sft"], where["adapter"], p.train, seed=p.seed,
                      trust_remote_code=p.model.trust_remote_code, allow_pickle=p.model.allow_pickle,

@@ -11,16 +11,15 @@ import sys
 from pathlib import Path
 
 from lawshift import files, filtering, paths
-from lawshift.params import load_params, param_error
+from lawshift.params import load_params
 from lawshift.runinfo import StageClock
 
 
 def main(name: str = "round1") -> None:
     p = load_params()
-    if name not in p.rounds:
-        raise param_error("rounds", f"no round {name!r}; the rounds are {list(p.rounds)}")
+    rp = p.round(name)
     clock = StageClock()
-    rp, where = p.rounds[name], paths.round_files(name)
+    where = paths.round_files(name)
     previous = None
     if rp.keep_previous and rp.policy != paths.BASE_MODEL:
         previous = Path(paths.round_files(rp.policy)["adapter"]) / paths.TRAINED_ON

@@ -367,6 +367,16 @@ def test_rounds_in_order_load_and_an_empty_round_is_a_default_one():
     assert list(Params().rounds) == ["round1"]  # the original workflow: one pass
 
 
+def test_a_round_by_name_or_the_one_line_error():
+    p = params_from_dict({"rounds": {"round1": {}, "round2": {"policy": "round1", "keep_previous": True}}})
+    assert p.round("round2") == RoundParams("round1", True) and p.round("round1") == RoundParams()
+    with pytest.raises(InputError) as exc:
+        p.round("round3")
+    assert str(exc.value) == f"{PARAMS_FILE}: field 'rounds': no round 'round3'; the rounds are ['round1', 'round2']"
+    with pytest.raises(InputError, match=r"^other.yaml: field 'rounds': no round 'sft'"):
+        p.round("sft", "other.yaml")
+
+
 def test_draw_limit():
     assert SampleParams(num_samples=8).draw_limit == 8
     assert SampleParams(num_samples=8, max_samples=32).draw_limit == 8  # resampling off
