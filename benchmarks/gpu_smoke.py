@@ -1,37 +1,15 @@
-"""The GPU smoke run: the whole pipeline on the tiny offline base, on CUDA, with vLLM, 4-bit and the paged optimizer.
+"""The GPU smoke run: the pipeline on the tiny offline base, on CUDA, with vLLM, 4-bit and the paged optimizer.
 
     make gpu-smoke                                   # on a CUDA machine, with `make gpu-venv` installed
     python -m benchmarks gpu_smoke --out /tmp/smoke.json
-    python benchmarks/gpu_smoke.py --workdir /tmp/smoke --keep
     PYTHONPATH=$PWD:$PWD/tests/vllm_standin python -m benchmarks gpu_smoke --allow-cpu   # CPU dry run
 
-It lays out a scratch project in a temporary directory (or `--workdir DIR`): the repository's `stages/`,
-`lawshift/`, `prompts/`, `params.yaml` and `data/lawshift-sample/` (the files `git ls-files` lists there, untracked
-ones git does not ignore included), and a data root `data/smoke/` holding the sample's first 16 training cases and
-its folders with the first 16 cases per split. Its params.yaml is the repository's with: the tiny base
-(`model.base: tiny`, warm-started for 150 steps instead of 300 to save time), every device `cuda`, sampling and
-eval on vLLM with `gpu_memory_utilization` 0.3 (one engine at a time, with room to spare), QLoRA
-(`train.load_in_4bit: true`) with `paged_adamw_32bit` for 20 steps, eval on `action_explicit_extend` only with a
-train subset of 16.
-
-Then it runs the stages as the pipeline does, each its own process in the scratch project, offline
-(HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1, PYTHONPATH = the scratch project first): base; sample with the `hf`
-backend (its samples and time file set aside as outputs/round1/samples_hf.jsonl, metrics/time/round1/sample_hf.json),
-then with `vllm` (kept for the next stages); filter; train; eval base; eval round1; round 2's sampling with vLLM
-from base + round 1's adapter (a LoRARequest). While a stage runs, a thread polls
-`nvidia-smi` every 0.5 s for the largest memory use over the visible GPUs: vLLM's engine runs in a child process,
-which the stage's own torch counters would miss. It prints a table (stage, backend, wall seconds, tokens/s from the
-stage's time file, peak GPU MB, key results), the vLLM / hf sampling tokens/s ratio, and with `--out FILE` writes
-it all as JSON. The first stage that fails stops the run: its last 40 stderr lines are printed, the exit status is
-1, and the scratch project is kept (its logs in logs/smoke/). A machine without CUDA or an importable `vllm` exits 2
-at once, saying which is missing.
-
-`--allow-cpu` is a dry run on a CPU machine: every device `cpu` (4-bit stays requested; the train stage then uses
-`adamw_torch`, and records so), whatever `vllm` is importable (tests/vllm_standin on PYTHONPATH), no GPU poll.
-
-Time: about 5-7 minutes on one GPU, mostly the three vLLM engine start-ups (model load, torch.compile, CUDA graphs;
-quicker once vLLM's compile cache is warm) and the tiny base's warm-start, which runs on the CPU (2 threads, as
-lawshift/numerics.py pins them) whatever the devices; the CPU dry run took 10 minutes on 2 busy cores.
+First the driver's CUDA version against the GPU set's (one line naming both when it is too old), then, in a scratch
+project of 16 training cases, each stage in its own process as `dvc repro` runs it (the caller's environment, never
+what this process gained by importing): base, sample (hf, then vLLM), filter, QLoRA train, eval of the base and of
+round 1 (vLLM, the adapter through a LoRARequest), round 2's sampling. It prints wall time, tokens/s, peak GPU memory
+(nvidia-smi: vLLM's engine is a process of its own) and key results per stage; a failed stage ends the run with exit
+status 1, naming it. The README's GPU section says more.
 """
 
 from __future__ import annotations
@@ -44,14 +22,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from benchmarks import SHELL_ENV
+from benchmarks.gpu_probe import GpuPeak, cuda_problem, driver_cuda, gpu_memory_mb, gpu_names, probe, torch_build
 from lawshift import paths
 
 NAME = "gpu_smoke"
@@ -64,9 +43,7 @@ FOLDER = "action_explicit_extend"  # the sample's first folder: the only one eva
 SPLITS = ("original", "poisoned")
 LOGS = "logs/smoke"
 TAIL_LINES = 40
-POLL_SECONDS = 0.5
 MEMORY_SHARE = 0.3  # of the GPU, per vLLM engine
-NVIDIA_SMI = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
 
 
 @dataclass
@@ -141,21 +118,6 @@ def add_parser(sub) -> None:
 
 # ---- checks and the scratch project --------------------------------------------------------------------------
 
-def missing(allow_cpu: bool) -> str | None:
-    """What this machine lacks for the run, or None."""
-    try:
-        import torch
-    except ImportError as err:
-        return f"torch is not importable ({err})"
-    if not allow_cpu and not torch.cuda.is_available():
-        return "CUDA is not available (torch.cuda.is_available() is False); --allow-cpu for a CPU dry run"
-    try:
-        import vllm  # noqa: F401
-    except Exception as err:  # a broken install raises more than ImportError
-        return f"vllm is not importable ({type(err).__name__}: {err}); install requirements-gpu.txt (make gpu-venv)"
-    return None
-
-
 def source_files() -> list[str]:
     """The repository's files under COPIED: tracked and untracked-but-not-ignored, or every file without git."""
     try:
@@ -228,59 +190,13 @@ def smoke_params(args: argparse.Namespace) -> dict:
     }
 
 
-def stage_env(project: Path) -> dict:
-    """The stages' environment: offline, the scratch project first on PYTHONPATH (then whatever was there)."""
-    inherited = os.environ.get("PYTHONPATH")
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "DVC_NO_ANALYTICS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(project), inherited])),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-# ---- GPU memory ----------------------------------------------------------------------------------------------
-
-def visible_gpus() -> list[str]:
-    """CUDA_VISIBLE_DEVICES as nvidia-smi ids, when it is a list of indices; [] = every GPU."""
-    ids = [s.strip() for s in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if s.strip()]
-    return ids if ids and all(s.isdigit() for s in ids) else []
-
-
-def gpu_memory_mb() -> int | None:
-    """The largest memory use (MB) over the visible GPUs now; None without nvidia-smi or an answer."""
-    ids = visible_gpus()
-    cmd = NVIDIA_SMI + ([f"--id={','.join(ids)}"] if ids else [])
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    values = [int(v) for v in out.split() if v.isdigit()]
-    return max(values) if values else None
-
-
-class GpuPeak:
-    """Polls gpu_memory_mb() in a thread while the `with` block runs; `peak` is the largest seen (None: none)."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.peak = enabled, None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        while True:
-            mb = gpu_memory_mb()
-            if mb is not None:
-                self.peak = mb if self.peak is None else max(self.peak, mb)
-            if self._stop.wait(POLL_SECONDS):
-                return
-
-    def __enter__(self) -> GpuPeak:
-        if self.enabled:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self._stop.set()
-            self._thread.join()
+def stage_env(project: Path, shell: Mapping[str, str] = SHELL_ENV) -> dict:
+    """A stage's environment as `dvc repro` gives it: the caller's shell as it was before this process imported
+    anything (lawshift, torch, vLLM each add to os.environ), with the scratch project first on PYTHONPATH and this
+    interpreter's bin first on PATH. Whatever else a stage needs it sets itself (offline hub, GPU settings)."""
+    inherited = shell.get("PYTHONPATH")
+    return {**shell, "PYTHONPATH": os.pathsep.join(filter(None, [str(project), inherited])),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{shell.get('PATH', '')}"}
 
 
 # ---- running the stages --------------------------------------------------------------------------------------
@@ -415,24 +331,30 @@ def scratch_dir(args: argparse.Namespace) -> Path:
 
 
 def environment(allow_cpu: bool) -> dict:
-    import torch
-    import vllm
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"python": sys.executable, "torch": torch.__version__, "cuda": torch.version.cuda, "gpu": gpu,
-            "vllm": getattr(vllm, "__version__", None), "vllm_from": getattr(vllm, "__file__", None),
+    """What the run ran on; raises RuntimeError when a stage could not import vLLM."""
+    names = [] if allow_cpu else gpu_names()
+    return {"python": sys.executable, **probe(stage_env(REPO)), "gpu": names[0] if names else None,
             "gpu_memory_mb_at_start": None if allow_cpu else gpu_memory_mb()}
 
 
 def run(args: argparse.Namespace) -> int:
     """The smoke run; its exit status (0 ok, 1 a stage failed, 2 this machine cannot run it)."""
-    lack = missing(args.allow_cpu)
-    if lack:
-        print(f"{PROG_NAME}: {lack}", file=sys.stderr)
+    if not args.allow_cpu:  # before anything else: the GPU set's CUDA runtime needs a driver that supports it
+        driver, build = driver_cuda(), torch_build()
+        problem = cuda_problem(driver, build)
+        if problem:
+            print(f"{PROG_NAME}: {problem}", file=sys.stderr)
+            return 2
+    try:
+        env = environment(args.allow_cpu)
+    except RuntimeError as err:
+        print(f"{PROG_NAME}: {err}", file=sys.stderr)
         return 2
     project = scratch_dir(args)
-    result = {"mode": "cpu-dry-run" if args.allow_cpu else "cuda", "workdir": str(project),
-              **environment(args.allow_cpu), "stages": [], "failed": None}
+    result = {"mode": "cpu-dry-run" if args.allow_cpu else "cuda", "workdir": str(project), **env, "stages": [],
+              "failed": None}
+    if not args.allow_cpu:
+        result["driver_cuda"] = driver
     print(f"{PROG_NAME}: {copy_sources(project)} files copied to {project}", flush=True)
     make_data_root(project, args.cases, args.eval_cases)
     result["params"] = set_params(project, smoke_params(args))
@@ -453,9 +375,8 @@ def run(args: argparse.Namespace) -> int:
     return 1 if result["failed"] else 0
 
 
-
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = add_options(argparse.ArgumentParser(prog="python benchmarks/gpu_smoke.py",
+    ap = add_options(argparse.ArgumentParser(prog="python -m benchmarks.gpu_smoke",
                                              description=__doc__.split("\n\n")[0]))
     return run(ap.parse_args(argv))
 

@@ -1,9 +1,10 @@
 """lawshift-rft: rejection-sampling fine-tuning for Chinese criminal-judgment prediction on LawShift.
 
-Importing the package pins torch's CPU numerics first (lawshift/numerics.py): every stage imports it before torch,
-so the default pipeline gives the same bytes on any x86-64 machine with AVX2, Intel or AMD.
+Importing the package first pins torch's CPU numerics (lawshift/numerics.py: the same bytes on any x86-64 machine
+with AVX2) and sets what GPU engines need before torch or vLLM start (lawshift/gpuenv.py).
 """
 
-from lawshift import numerics
+from lawshift import gpuenv, numerics
 
 numerics.pin()
+gpuenv.prepare()

@@ -300,8 +300,9 @@ def batches(items: Sequence[EvalItem], lengths: Sequence[int], batch_size: int) 
 
 
 def item_seeds(items: Sequence[EvalItem], seed: int) -> dict[str, int]:
-    """Each prompt's first random stream, from (seed, its position in the evaluation): its k answers do not depend
-    on the batch or chunk it falls in, and a resumed run draws the same ones."""
+    """Each prompt's first random stream, from (seed, its position in the evaluation): its k answers draw from the
+    same streams whatever batch or chunk it falls in and after a resume (the same bytes on the `hf` backend on CPU;
+    lawshift/generation.py says when else)."""
     return {it.id: stream_seed(seed, k) for k, it in enumerate(items)}
 
 
@@ -383,7 +384,7 @@ def run(p: Params, name: str) -> Evaluation:
                                   max_model_len=max(lengths) + e.max_new_tokens,
                                   trust_remote_code=p.model.trust_remote_code, allow_pickle=p.model.allow_pickle,
                                   tensor_parallel_size=e.tensor_parallel_size,
-                                  gpu_memory_utilization=e.gpu_memory_utilization)
+                                  gpu_memory_utilization=e.gpu_memory_utilization, batch_invariant=e.batch_invariant)
     k = e.num_samples if e.temperature > 0 else 1  # greedy answers are all the same: one is enough
     settings = GenerationSettings(n=k, temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens)
     partial = PartialLog(where["predictions"] + ".partial", run_settings(p, items, paths.BASE, adapter))

@@ -12,7 +12,10 @@ Seeds: every prompt of a call comes with its own seed, the first of its answers'
 of case i draws from stream_seed(seed, i) + j). vLLM gives child j of an n-answer request the seed `seed + j`
 (vllm/v1/engine/parallel_sampling.py), and the HF backend draws a prompt's answers from one generator seeded with
 its seed; `stream_seed` spaces the cases so that neither scheme can give two (case, answer) pairs one stream, and a
-case's answers never depend on which other cases share its call, its batch size or its shard.
+case's *streams* never depend on which other cases share its call, its batch size, its shard or a resume. Its answers'
+*bytes* are that independent only where the logits are too: on the `hf` backend on CPU under the pinned numerics
+(tested), or on vLLM in its batch-invariant mode (`batch_invariant: true`). On a GPU, padding, batch composition and
+vLLM's prefix-cache hits can change the last bits of the logits, and so a sampled token.
 
 Shared prompt prefill (the default, `shared_prefill=True`, function `decode`): the N answers of a prompt share the
 prompt, so each prompt is run through the model once and its KV cache repeated for its N answers; then all answers
@@ -173,7 +176,7 @@ def call_size(backend: str, batch_size: int, chunk_size: int, count: int) -> int
 
 def make_backend(kind: str, base: str, *, device: str, seed: int, max_model_len: int, adapter: str | None = None,
                  trust_remote_code: bool = False, allow_pickle: bool = False, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.9):
+                 gpu_memory_utilization: float = 0.9, batch_invariant: bool = False):
     """The generation backend `kind` names (`hf` | `vllm`) over the resolved base model, `adapter` on top if given.
 
     `hf` merges the adapter into the weights (plain weights decode faster than base + LoRA on every step); `vllm`
@@ -189,7 +192,7 @@ def make_backend(kind: str, base: str, *, device: str, seed: int, max_model_len:
         return VLLMBackend(base, tensor_parallel_size=tensor_parallel_size,
                            gpu_memory_utilization=gpu_memory_utilization, seed=seed, adapter=adapter,
                            max_model_len=max_model_len, trust_remote_code=trust_remote_code,
-                           allow_pickle=allow_pickle)
+                           allow_pickle=allow_pickle, batch_invariant=batch_invariant)
     dev = models.pick_device(device)
     model = models.load_model(base, device=dev, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
                        adapter=adapter)

@@ -88,6 +88,6 @@ def settings() -> dict:
         out |= {"torch": torch.__version__, "aten_capability": torch.backends.cpu.get_cpu_capability(),
                 "torch_threads": torch.get_num_threads(),
                 "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
-        if torch.cuda.is_available():
+        if torch.cuda.is_initialized():  # never the first CUDA call: a vLLM stage leaves the GPU to its engine
             out |= {"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
     return out

@@ -110,6 +110,7 @@ class SampleParams:
     num_shards: int = 1
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
+    batch_invariant: bool = False  # vllm: VLLM_BATCH_INVARIANT=1, answers bitwise independent of batching (slower)
     # Difficulty-aware resampling (DART-Math): after the first num_samples draws, a case with fewer than
     # min_accepted accepted answers draws num_samples more, again and again, up to max_samples draws in all.
     min_accepted: int = 0  # 0 = off: every case gets num_samples draws
@@ -203,6 +204,7 @@ class EvalParams:
     chunk_size: int = 1024  # vllm: prompts per LLM.generate call, saved when it returns; 0 = all of them
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
+    batch_invariant: bool = False  # vllm: VLLM_BATCH_INVARIANT=1, answers bitwise independent of batching (slower)
 
     def problems(self) -> list[tuple[str, str]]:
         out = _at_least(self, 1, "num_samples", "batch_size", "max_new_tokens", "tensor_parallel_size")

@@ -43,8 +43,9 @@ Case record (one JSON object per line of `outputs/<round>/samples.jsonl`):
 
 Every case draws from its own random streams, derived from (`seed`, its index in training_set.json) only
 (`lawshift.generation.stream_seed`, a later round with streams of its own; answer j uses stream + j, as vLLM
-seeds its child requests): the answers of a
-case do not depend on the batch size, the chunking, the shard it falls in or a resume. Groups form a fixed grid
+seeds its child requests): a case's streams do not depend on the batch size, the chunking, the shard it falls in or
+a resume, and on the `hf` backend on CPU neither do its answers' bytes (tested); on a GPU they can differ in the
+last bits of the logits unless vLLM's batch-invariant mode is on (lawshift/generation.py). Groups form a fixed grid
 over the case list, so a resumed run also meets the same batches.
 
 Shards
@@ -81,7 +82,7 @@ from lawshift.scoring import is_correct
 # Settings that change what is generated; device and vLLM memory knobs do not change the records' meaning, nor
 # does chunk_size (each case's streams are its own), so a vLLM run may resume with another chunk size.
 SAMPLING_KEYS = ("backend", "num_samples", "temperature", "top_p", "max_new_tokens", "batch_size",
-                 "shard_index", "num_shards", "min_accepted", "max_samples")
+                 "shard_index", "num_shards", "min_accepted", "max_samples", "batch_invariant")
 
 
 def output_path(sp: SampleParams, out: str | Path) -> Path:
@@ -454,7 +455,7 @@ def run(p: Params, round_name: str) -> tuple[dict, dict]:
     backend = make_backend(sp.backend, base, device=sp.device, seed=p.seed, max_model_len=needed, adapter=adapter,
                            trust_remote_code=p.model.trust_remote_code, allow_pickle=p.model.allow_pickle,
                            tensor_parallel_size=sp.tensor_parallel_size,
-                           gpu_memory_utilization=sp.gpu_memory_utilization)
+                           gpu_memory_utilization=sp.gpu_memory_utilization, batch_invariant=sp.batch_invariant)
     out = output_path(sp, paths.round_files(round_name)["samples"])
     stats = sample(Job(cases, indices, prompts, settings, p.seed, family), backend, sp, out)
     return metrics(stats, lookup.missing), run_info(stats, backend.name, str(backend.device))

@@ -19,11 +19,15 @@ stand-in `vllm` package (tests/vllm_standin, tests/test_vllm_stages.py).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from lawshift.generation import Completion, GenerationSettings, PromptResult
 
+# Prompts arrive chat-rendered, so the tokenizer adds nothing (vLLM's default for `generate` adds special tokens: a
+# BOS-adding tokenizer would give every prompt one token more than the stage counted, and cut its longest one).
+TOKENIZATION = {"add_special_tokens": False}
 # The ranks vLLM's LoRA kernels are built for (vllm.config.lora.MaxLoRARanks); `max_lora_rank` must be one of them.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -83,7 +87,9 @@ class VLLMBackend:
 
     def __init__(self, model: str, *, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
                  seed: int = 0, adapter: str | None = None, max_model_len: int | None = None,
-                 trust_remote_code: bool = False, allow_pickle: bool = False):
+                 trust_remote_code: bool = False, allow_pickle: bool = False, batch_invariant: bool = False):
+        if batch_invariant:  # read by vLLM when its engine starts (vllm/envs.py); lawshift/gpuenv.py sets the rest
+            os.environ["VLLM_BATCH_INVARIANT"] = "1"
         from vllm import LLM  # optional dependency: only needed when this backend is selected
 
         lora = {"enable_lora": True, "max_lora_rank": lora_rank(adapter), "max_loras": 1} if adapter else {}
@@ -104,5 +110,6 @@ class VLLMBackend:
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         params = [SamplingParams(**kw) for kw in request_kwargs(settings, seeds)]
         # One call for the whole chunk, with vLLM's own progress bar: the caller's advances once per chunk.
-        outputs = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=True)
+        outputs = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=True,
+                                    tokenization_kwargs=dict(TOKENIZATION))
         return map_outputs(prompts, outputs, settings)

@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +130,24 @@ def run_stage(project: Path, stage: str, *args: str, env: dict | None = None,
     """Run a stage script in `project` as DVC would (its own process, the project as working directory)."""
     return subprocess.run(stage_cmd(stage, *args), cwd=project, env=env or ENV, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def interrupt_when(cmd: list[str], cwd: Path, ready: Callable[[], bool], sig: int, env: dict | None = None,
+                   log: Path | None = None, timeout: float = 300) -> int:
+    """Run `cmd`, freeze it (SIGSTOP) the moment `ready()` holds, then deliver `sig` and let it go on (SIGCONT), so
+    the signal lands where the test saw the run, however busy the machine. The command runs at the lowest CPU
+    priority: on a loaded machine it yields to this test's polling, never the other way round. Returns its exit
+    status; a run that ended before `ready()` held is returned as it ended (the caller's assertion names it)."""
+    with open(log or os.devnull, "w") as out:
+        proc = subprocess.Popen(["nice", "-n", "19", *cmd], cwd=cwd, env=env or ENV, stdout=out, stderr=out)
+        deadline = time.monotonic() + timeout
+        while not ready() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGSTOP)
+            proc.send_signal(sig)
+            proc.send_signal(signal.SIGCONT)
+        return proc.wait(timeout=timeout)
 
 
 def run(cmd: list[str], cwd: Path, timeout: int = 900) -> str:

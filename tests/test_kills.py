@@ -12,27 +12,20 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ENV, EV, R1, SMALL, read_json, run_stage, stage_cmd
+from conftest import ENV, EV, R1, SMALL, interrupt_when, read_json, run_stage, stage_cmd
 from test_bad_inputs import declared_outputs, with_sft
 
 from lawshift import journal
 
 
 def kill_when(project: Path, stage: str, ready: Callable[[], bool], timeout: float = 240) -> str:
-    """Start the stage, SIGKILL it as soon as `ready()` holds; returns its output. Fails if it ended by itself."""
+    """Run the stage, SIGKILL it the moment `ready()` holds; returns its output. Fails if it ended by itself."""
     log_path = project / "killed.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(stage_cmd(stage), cwd=project, env=ENV, stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while not ready() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        status = proc.wait()
+    status = interrupt_when(stage_cmd(stage), project, ready, signal.SIGKILL, log=log_path, timeout=timeout)
     output = log_path.read_text()
     log_path.unlink()
     assert status == -signal.SIGKILL, f"the stage was not killed mid-run (exit {status}):\n{output[-3000:]}"
@@ -145,7 +138,8 @@ def prediction_outputs(project: Path) -> dict[str, bytes | None]:
 
 @pytest.mark.slow
 def test_eval_killed_mid_run_resumes_to_the_uninterrupted_predictions(project, tmp_path):
-    killed = project()
+    n_test = 8  # 9 batches: the kill lands with batches still to go
+    killed = project(n_test=n_test)
     straight = shutil.copytree(killed, tmp_path / "straight")
     reference = start(straight, "eval")
     partial = killed / (EV["base"]["predictions"] + ".partial")
@@ -169,6 +163,6 @@ def test_eval_killed_mid_run_resumes_to_the_uninterrupted_predictions(project, t
     outputs = prediction_outputs(killed)
     assert all(v is not None for v in outputs.values()) and outputs == prediction_outputs(straight)
     predictions = [json.loads(line) for line in outputs[EV["base"]["predictions"]].splitlines()]
-    n_test, train_subset = 4, SMALL["eval"]["train_subset"]
+    train_subset = SMALL["eval"]["train_subset"]
     assert len(predictions) == len({p["id"] for p in predictions}) == 2 * n_test + train_subset  # each prompt once
     assert not partial.exists() and temp_leftovers(killed) == []

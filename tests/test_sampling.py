@@ -9,12 +9,11 @@ import dataclasses
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ENV, JUDGE, R1, SAMPLE, SeedLog, read_json, seeds, stage_cmd
+from conftest import ENV, JUDGE, R1, SAMPLE, SeedLog, interrupt_when, read_json, seeds, stage_cmd
 
 from lawshift.answers import Answer, parse_answer
 from lawshift.codedeps import code_digest
@@ -569,18 +568,13 @@ def _complete_records(path: Path) -> list[bytes]:
 
 def _interrupt(cwd: Path, partial: Path, more_than: int, sig: int) -> int:
     """Run the stage and send `sig` once the partial file holds more than `more_than` records; returns the status."""
-    with open(cwd / "interrupted.log", "w") as log:
-        proc = subprocess.Popen(stage_cmd("sample"), cwd=cwd, env=ENV, stdout=log, stderr=log)
-        deadline = time.monotonic() + 120
-        while len(_complete_records(partial)) <= more_than and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        proc.send_signal(sig)
-        return proc.wait()
+    return interrupt_when(stage_cmd("sample"), cwd, lambda: len(_complete_records(partial)) > more_than, sig,
+                          log=cwd / "interrupted.log")
 
 
 @pytest.mark.slow
 def test_ctrl_c_then_sigkill_then_rerun_yields_every_case_once(project):
-    n_cases = 12
+    n_cases = 24  # 12 batches: whatever the load, both signals land with batches still to go
     root = project(n_train=n_cases, params={"sample": {"num_samples": 4}})
     partial, final = root / partial_path(Path(R1["samples"])), root / R1["samples"]
     log = root / "interrupted.log"

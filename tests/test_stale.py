@@ -12,11 +12,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ENV, R1, REPO, read_json
+from conftest import ENV, R1, REPO, interrupt_when, read_json
 
 from lawshift import codedeps
 from lawshift.codedeps import code_digest
@@ -36,16 +35,11 @@ def records(partial: Path) -> int:
 
 
 def kill_after_some_cases(code: Path, root: Path, env: dict) -> None:
-    """Run the copy's sample stage in `root` and SIGKILL it once the journal holds a case or more."""
+    """Run the copy's sample stage in `root` and SIGKILL it the moment the journal holds a case or more."""
     partial = root / (R1["samples"] + ".partial")
-    proc = subprocess.Popen([sys.executable, str(code / "stages" / "sample.py")], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while records(partial) < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 1 <= records(partial) and not (root / R1["samples"]).exists()
+    status = interrupt_when([sys.executable, str(code / "stages" / "sample.py")], root,
+                            lambda: records(partial) >= 1, signal.SIGKILL, env=env)
+    assert status == -signal.SIGKILL and 1 <= records(partial) and not (root / R1["samples"]).exists()
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ test modules never see a `vllm` package.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -105,8 +106,13 @@ def test_public_names_and_layout(vllm):
     assert vllm.CompletionOutput is CompletionOutput
     lora = LoRARequest("sft", 1, "/some/adapter")  # vLLM's positional order: name, int id, path
     assert (lora.lora_name, lora.lora_int_id, lora.lora_path) == ("sft", 1, "/some/adapter")
+    # vLLM 0.33.0's fields, in its order (vllm/lora/request.py)
+    assert [f.name for f in dataclasses.fields(LoRARequest)] == [
+        "lora_name", "lora_int_id", "lora_path", "base_model_name", "load_inplace", "is_3d_lora_weight"]
     with pytest.raises(ValueError, match="id must be > 0"):
         LoRARequest("x", 0, "/p")
+    with pytest.raises(AssertionError, match="lora_path cannot be empty"):
+        LoRARequest("x", 1)
     c = CompletionOutput(0, "t", [1, 2], None, None, finish_reason="stop")
     assert (c.index, c.text, c.token_ids, c.cumulative_logprob, c.logprobs, c.finish_reason, c.stop_reason) == \
         (0, "t", [1, 2], None, None, "stop", None) and c.finished()
@@ -162,7 +168,8 @@ def test_child_seed_rule(vllm, llm, prompts, log):
     (req,) = event["requests"]
     assert req | {"request_id": None} == {"request_id": None, "seed": 10, "n": 3, "child_seeds": [10, 11, 12],
                                           "temperature": 1.0, "top_p": 0.95, "top_k": 0, "max_tokens": MAX_TOKENS,
-                                          "lora_path": None, "prompt": prompts[0]}
+                                          "lora_path": None, "prompt": prompts[0],
+                                          "prompt_tokens": len(out.prompt_token_ids)}
     singles = llm.generate([prompts[0]] * 3, [vllm.SamplingParams(seed=10 + j, temperature=1.0, top_p=0.95,
                                                                   max_tokens=MAX_TOKENS) for j in range(3)])
     assert [c.token_ids for c in out.outputs] == [o.outputs[0].token_ids for o in singles]

@@ -24,8 +24,12 @@ What it keeps of vLLM (the points the project relies on; vLLM file in brackets):
   (vLLM's fast path), so an answer cut mid-character holds back the incomplete bytes instead of ending in U+FFFD;
   stop strings cut the text (vLLM's check_stop_strings) and end the request with stop_reason the string.
 
-Prompts are tokenized without special tokens added (they arrive chat-rendered). For a Qwen2 tokenizer that is
-what vLLM gets too: its tokenizer adds no BOS (vLLM itself encodes with the tokenizer's default). Requests run one
+Text prompts are tokenized as vLLM 0.33.0 tokenizes them for `generate` (vllm/renderers/base.py
+default_cmpl_tok_params): special tokens added unless `tokenization_kwargs={"add_special_tokens": False}` says
+otherwise, so a tokenizer that adds a BOS adds it here too; `{"prompt_token_ids": [...]}` prompts are used as they
+are, with `RequestOutput.prompt` None. The engine start [v1/engine/utils.py, utils/system_utils.py] records the
+process start method vLLM would use (VLLM_WORKER_MULTIPROC_METHOD, default fork, spawn once torch's CUDA is
+initialised) and the environment a GPU engine depends on. Requests run one
 after another; a request's prompt is prefilled once and its KV cache repeated for its n children, which decode
 as the rows of one batch (a finished child leaves it), like vLLM's prefix sharing between children.
 
@@ -33,9 +37,11 @@ Instrumentation (for tests): with `VLLM_STANDIN_LOG=<file>`, one JSON line (json
 appended per event:
   {"event": "init", "model", "load_format", "enable_lora", "max_lora_rank", "max_model_len" (as passed), "seed",
    "kwargs" (the unknown keyword arguments), "tokenizer", "tensor_parallel_size", "gpu_memory_utilization",
-   "enable_prefix_caching", "max_loras", "trust_remote_code", "dtype", "revision"}    after a successful load;
-  {"event": "generate", "prompts": count, "requests": [{"request_id", "seed", "n", "child_seeds", "temperature",
-   "top_p", "top_k", "max_tokens", "lora_path"}, ...one per prompt, in order]}    after the call's checks pass.
+   "enable_prefix_caching", "max_loras", "trust_remote_code", "dtype", "revision", "mp_method", "env" (ENGINE_ENV's
+   values)}    after a successful load;
+  {"event": "generate", "prompts": count, "tokenization_kwargs", "requests": [{"request_id", "seed", "n",
+   "child_seeds", "temperature", "top_p", "top_k", "max_tokens", "lora_path", "prompt", "prompt_tokens"},
+   ...one per prompt, in order]}    after the call's checks pass.
 `VLLM_STANDIN_THREADS=<k>` sets torch's thread count when an LLM is built (one is fastest for the tiny model).
 """
 
@@ -61,6 +67,10 @@ THREADS_ENV = "VLLM_STANDIN_THREADS"  # optional torch thread count (one thread 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py MaxLoRARanks
 LOAD_FORMATS = {"auto": None, "safetensors": True, "pt": False}  # -> from_pretrained(use_safetensors=...)
 WEIGHT_GLOBS = {"auto": ("*.safetensors", "*.bin", "*.pt"), "safetensors": ("*.safetensors",), "pt": ("*.bin", "*.pt")}
+# What a GPU engine's start depends on: torch's CUDA check, vLLM's process start method, its usage report and its
+# batch-invariant kernels (vllm/envs.py).
+ENGINE_ENV = ("PYTORCH_NVML_BASED_CUDA_CHECK", "VLLM_WORKER_MULTIPROC_METHOD", "VLLM_NO_USAGE_STATS",
+              "VLLM_BATCH_INVARIANT")
 # The config keys vLLM reads the model's length limit from (vllm/config/model.py _get_and_verify_max_len).
 MAX_LEN_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_len",
                 "max_sequence_length", "max_seq_length", "seq_len")
@@ -230,7 +240,13 @@ class LLM:
         self.generation_config = gen.to_dict() if gen is not None else {}
         self._loras: dict[int, tuple[str, torch.nn.Module]] = {}  # lora_int_id -> (path, merged model)
         self._request_counter = 0
-        _log({"event": "init", "model": self.model_path, "load_format": load_format, "enable_lora": enable_lora,
+        # vllm/utils/system_utils.py get_mp_context: the engine process starts with VLLM_WORKER_MULTIPROC_METHOD
+        # (default fork), forced to spawn only when torch reports CUDA initialised (not when only the driver is).
+        mp_method = os.environ.get("VLLM_WORKER_MULTIPROC_METHOD", "fork")
+        if torch.cuda.is_initialized():
+            mp_method = "spawn"
+        _log({"event": "init", "mp_method": mp_method, "env": {k: os.environ.get(k) for k in ENGINE_ENV},
+              "model": self.model_path, "load_format": load_format, "enable_lora": enable_lora,
               "max_lora_rank": max_lora_rank, "max_model_len": max_model_len, "seed": seed, "kwargs": self.kwargs,
               "tokenizer": tokenizer, "tensor_parallel_size": tensor_parallel_size,
               "gpu_memory_utilization": gpu_memory_utilization, "enable_prefix_caching": enable_prefix_caching,
@@ -267,7 +283,12 @@ class LLM:
 
     def generate(self, prompts, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
                  use_tqdm: Any = True, lora_request: LoRARequest | Sequence[LoRARequest] | None = None,
-                 ) -> list[RequestOutput]:
+                 priority: list[int] | None = None, tokenization_kwargs: dict[str, Any] | None = None,
+                 mm_processor_kwargs: dict[str, Any] | None = None) -> list[RequestOutput]:
+        if priority is not None or mm_processor_kwargs is not None:
+            raise NotImplementedError("vllm stand-in: priority and mm_processor_kwargs are not modelled")
+        # vllm/renderers/params.py TokenizeParams.with_kwargs: add_special_tokens defaults to True for generate
+        add_special = bool((tokenization_kwargs or {}).get("add_special_tokens", True))
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
         prompts = list(prompts)
@@ -288,7 +309,7 @@ class LLM:
                 raise TypeError(f"vllm stand-in: expected SamplingParams, got {type(sp).__name__}")
             if sp.unsupported():
                 raise NotImplementedError(f"vllm stand-in: SamplingParams options not modelled: {sp.unsupported()}")
-            text, ids = self._tokenize(prompt)
+            text, ids = self._tokenize(prompt, add_special)
             self._validate_lora(lora)
             sp = sp.clone()  # vLLM's processor clones before filling in the eos ids
             sp.output_kind = RequestOutputKind.FINAL_ONLY  # what LLM.generate asks of the engine
@@ -297,12 +318,12 @@ class LLM:
             self._request_counter += 1
             requests.append((request_id, text, ids, sp, lora))
 
-        _log({"event": "generate", "prompts": num,
+        _log({"event": "generate", "prompts": num, "tokenization_kwargs": tokenization_kwargs,
               "requests": [{"request_id": rid, "seed": sp.seed, "n": sp.n, "child_seeds": self._child_seeds(sp),
                             "temperature": sp.temperature, "top_p": sp.top_p, "top_k": sp.top_k,
                             "max_tokens": sp.max_tokens, "lora_path": lora.lora_path if lora else None,
-                            "prompt": text}
-                           for rid, text, _, sp, lora in requests]})
+                            "prompt": text, "prompt_tokens": len(ids)}
+                           for rid, text, ids, sp, lora in requests]})
 
         outputs = []
         with torch.inference_mode():
@@ -314,15 +335,15 @@ class LLM:
                                              lora_request=lora, num_cached_tokens=0))
         return outputs
 
-    def _tokenize(self, prompt) -> tuple[str | None, list[int]]:
+    def _tokenize(self, prompt, add_special_tokens: bool = True) -> tuple[str | None, list[int]]:
         if isinstance(prompt, dict):
-            if "prompt_token_ids" in prompt:
+            if "prompt_token_ids" in prompt:  # a TokensPrompt: never tokenized, `prompt` only if given
                 text, ids = prompt.get("prompt"), list(prompt["prompt_token_ids"])
             else:
                 text = prompt["prompt"]
-                ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                ids = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
         elif isinstance(prompt, str):
-            text, ids = prompt, self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            text, ids = prompt, self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
         else:
             raise TypeError(f"vllm stand-in: a prompt must be a str or a dict, got {type(prompt).__name__}")
         if not ids:

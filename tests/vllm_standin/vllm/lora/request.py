@@ -1,5 +1,5 @@
-"""`vllm.lora.request.LoRARequest` of the test-only stand-in: vLLM's fields and positional order (name, int id,
-path), its id check, and its identity (equal and hashed by name, as vLLM's)."""
+"""`vllm.lora.request.LoRARequest` of the test-only stand-in: vLLM 0.33.0's fields and positional order
+(vllm/lora/request.py: a msgspec Struct, array_like), its checks, and its identity (equal and hashed by name)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ class LoRARequest:
     lora_name: str
     lora_int_id: int
     lora_path: str = ""
-    long_lora_max_len: int | None = None
     base_model_name: str | None = None
+    load_inplace: bool = False
+    is_3d_lora_weight: bool = False
 
     def __post_init__(self) -> None:
         # vLLM reserves id 0 for "no adapter"
         if self.lora_int_id < 1:
             raise ValueError(f"id must be > 0, got {self.lora_int_id}")
+        assert self.lora_path, "lora_path cannot be empty"
 
     @property
     def adapter_id(self) -> int:
