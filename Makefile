@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
-# The spread over seeds (README, Results): seeds 1-4 as DVC experiments beside the workspace's (run `make repro`
+# The spread over seeds (README, Results; docs/experiments.md): seeds 1-4 as DVC experiments beside the workspace's (run `make repro`
 # first), their figures in metrics/seeds.json, then the README table with mean and min-max. About 12 min on 2 cores.
 seeds: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lawshift.seeds
@@ -56,7 +56,7 @@ clean-venv:
 GPU_VENV := .venv-gpu
 COMPAT_VENV := .venv-compat
 # The files whose slow tests exercise transformers most (compat-test runs them after every test not marked slow).
-COMPAT_TESTS := tests/test_generation.py tests/test_tiny.py tests/test_training.py tests/test_models.py \
+COMPAT_TESTS := tests/test_hf_backend.py tests/test_tiny.py tests/test_training.py tests/test_models.py \
 	tests/test_objective.py tests/test_sftdata.py tests/test_examples.py
 
 # On a GPU machine: the GPU environment in .venv-gpu. Run the pipeline there with

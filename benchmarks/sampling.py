@@ -3,18 +3,11 @@
     python -m benchmarks sampling                    # defaults: params.yaml's sample.* on models/base
     python -m benchmarks sampling --cases 16 --n 8 --max-new-tokens 256 --threads 2
 
-It generates the same cases with the same model, N, max_new_tokens and seed three ways, one after the other: the
-per-case loop of the reference implementation (one transformers `generate(num_return_sequences=N)` call per case),
-the project's sampler (`lawshift.sampling.sample` with the `hf` backend: `sample.batch_size` cases per call, the
-prompt prefilled once for its N answers, finished answers dropped from the batch) and, in between, the project's
-batching with plain `generate` (what batching alone gains). It does so for the real prompts (the case's fact and
-cited articles) and for a long-prompt variant that adds further articles of the articles file until every prompt
-holds `--long-prompt-tokens` tokens, as long as the real Qwen tokenizer makes the real prompts (the tiny tokenizer
-makes them ~330 tokens). The tiny base, warm-started on short prompts, never stops on such long ones, so a third
-run caps their answers at `--short-answer-tokens`, about its answers' length on the real prompts: only the prompt
-length differs from the first. For each it reports tokens per second, the time spent in prefill and in decode
-forward passes and outside the model (sampling, bookkeeping), and how many prompt tokens were prefilled. The
-result replaces the `sampling` entry of `metrics/bench.json`; other entries (other benchmarks) are kept.
+The same cases, model, N, max_new_tokens and seed, three ways: one `generate(num_return_sequences=N)` per case (the
+reference), the project's batching with plain `generate`, and the project's sampler (shared prefill, finished
+answers dropped). On the real prompts, on long-prompt variants as long as Qwen's tokenizer makes them, and with
+answers capped. Reports tokens/s, prefill and decode time, and writes the `sampling` entry of metrics/bench.json.
+docs/benchmarks.md explains each run.
 """
 
 from __future__ import annotations
@@ -36,7 +29,8 @@ from benchmarks.common import BASE, add_common_options, command, environment, lo
 from lawshift import models, sampling
 from lawshift.data import ArticleLookup, Case, load_articles, training_cases
 from lawshift.files import InputError
-from lawshift.generation import GenerationSettings, HFBackend, stream_seed
+from lawshift.generation import GenerationSettings, stream_seed
+from lawshift.hf_backend import HFBackend
 from lawshift.params import SampleParams, load_params
 from lawshift.prompts import load_prompt
 

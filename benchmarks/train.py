@@ -3,18 +3,10 @@
     python -m benchmarks train                       # defaults: params.yaml's train.* on outputs/sft.jsonl
     python -m benchmarks train --epochs 1 --threads 2
 
-It runs the train stage's own code (`lawshift.training.train_sft`, as stages/train.py calls it) twice on the same
-data, base, params and seed, one after the other: with `train.group_by_length` false (random micro-batches) and
-true (the Trainer's length-grouped sampler). Adapter, checkpoints and logs go to a temporary directory: models/,
-checkpoints/, dvclive/ and logs/ are untouched. For each it reports the trained tokens (the non-padding input
-tokens the loss sees, the train stage's `train_tokens_per_second`) and the padded positions run through the model
-per second, and the padding share; with the same epochs both runs train the same tokens, so the ratio of their
-trained tokens/s is what grouping buys. A short untimed run first pays one-off costs. The tiny run's answers are
-all ~28 tokens and its prompts 190-300, so a second pair of runs (`mixed_lengths`, skipped with
-`--mixed-prompt-tokens 0`) trains the same answers with every other prompt lengthened to `--mixed-prompt-tokens`
-tokens by the neighbouring articles (as the sampling benchmark's long prompts): lengths as mixed as real prompts
-with one or several long statutes. It measures throughput only; the adapter is discarded. The result replaces the
-`train` entry of `metrics/bench.json`; other entries (other benchmarks) are kept.
+Runs `lawshift.training.train_sft` twice on the same data and seed, with `train.group_by_length` false and true,
+into a temporary directory, after an untimed warm-up; a second pair mixes in long prompts (`--mixed-prompt-tokens`).
+Reports trained and padded tokens/s and the padding share, and writes the `train` entry of metrics/bench.json.
+docs/benchmarks.md explains each run.
 """
 
 from __future__ import annotations

@@ -1,33 +1,12 @@
 """Rejection sampling, second half: keep the right answers of a round's samples.jsonl and weight them.
 
-The `filter@<round>` stage (`stages/filter.py <round>`, normally `dvc repro filter@round1`) re-parses every sampled
-answer with `lawshift.answers.parse_answer` (so a parser change reruns only filter -> train -> eval, never sampling)
-and accepts it when it is finished and `lawshift.scoring.is_correct` holds: right verdict, charge and term, the term
-within `filter.term_tolerance` months; a life or death gold term needs the answer `XT`. An answer cut at
-`sample.max_new_tokens` (`finished: false`) is never accepted, whatever it holds: training on it would teach the model
-to run on past its answer. Such answers are counted (`truncated`, and `truncated_correct` for those that would
-otherwise have passed).
+    python stages/filter.py round1    # normally: dvc repro filter@round1
 
-Per case, in the order sampled (after the answers an earlier round trained on, when the round keeps them:
-`rounds.<round>.keep_previous`, read from the policy's adapter directory):
-
-1. accepted answers that repeat an earlier accepted answer after whitespace normalisation are dropped
-   (`filter.dedup`, counted as `duplicates_removed`);
-2. n = the distinct accepted answers left; each gets weight 1/n (`filter.weighting: inverse_n`, so every case
-   with an accepted answer counts once in training) or 1 (`uniform`).
-
-Outputs: `outputs/<round>/sft.jsonl`, one accepted answer per line
-
-    {"case_id", "fact", "relevant_articles", "charge", "prison_time", "prompt", "response",
-     "num_correct_for_this_sample": n, "weight"}
-
-`metrics/<round>/filter.json`: the reference statistics, which count accepted answers before deduplication as the
-reference did (`total_accepted`, `acceptance_rate`, `avg_correct_per_sample`; identical to the reference's with
-`dedup: false` when no answer is truncated), plus `sft_examples` (lines written), `duplicates_removed`,
-`format_error_rate`, `truncated` and `truncated_correct`; coverage (cases with an accepted answer) after the first
-draws and after resampling (`coverage_first`, `coverage`), `trained_coverage` (cases the training data holds,
-earlier rounds' answers included) and `kept_previous`.
-`plots/<round>/filter_accepted.csv` (`accepted,cases`): how many cases have 0..N accepted answers.
+Re-parses every sampled answer (a parser change reruns filter -> train -> eval, never sampling) and accepts it when
+it is finished and `scoring.is_correct` holds within `filter.term_tolerance`. Per case: duplicates dropped
+(`filter.dedup`), then each of its n accepted answers weighted 1/n (`filter.weighting`), so every case counts once.
+Writes outputs/<round>/sft.jsonl, metrics/<round>/filter.json and plots/<round>/filter_accepted.csv;
+docs/pipeline.md (filter) lists every field.
 """
 
 from __future__ import annotations

@@ -1,28 +1,14 @@
 """Resumable journals: the one file format behind every stage that can be interrupted and continued.
 
-A journal is a JSONL file. Line 1 is a header, `{"fingerprint": sha256(settings), "settings": {…}}`, where
-`settings` holds everything that decides the journal's content (model and data digests, the code digest, the
-params that matter). Every further line is one record, appended and fsynced as soon as it exists, so a kill or a
-power loss loses at most the record being written.
-
-    journal = Journal("outputs/samples.jsonl.partial", settings, who="sample")
+    journal = Journal("outputs/round1/samples.jsonl.partial", settings, who="sample")
     journal.open(lambda line, rec, span: ...)   # records of a matching earlier run, or a fresh file
     journal.append([rec, ...])                  # one write + fsync per call
-    journal.copy_to(out, spans)                 # the chosen records, in the order given, atomically
-    journal.write_to(out, build)                # records built from spans (read(span) -> dict), atomically
+    journal.write_to(out, build)                # records built from spans, atomically
     journal.remove()
 
-Opening an existing file:
-
-* the header's fingerprint differs: one line on stderr names the settings that changed, and the file starts afresh;
-* no readable header: started afresh, also said on stderr;
-* an unterminated last line is the torn tail of a killed write: it is cut off (said on stderr) and redone;
-* a corrupt line before that is an `InputError` naming its line: never skipped silently.
-
-Users: the sample stage (case records, `lawshift.sampling`), the eval stage (batches of predictions,
-`lawshift.evaluation`), the shard merge (a shard file is a finished journal that keeps its header,
-`lawshift.merge`, read with `read`) and training's resume check (a header-only journal beside the checkpoints,
-`check`/`start`, `lawshift.training`).
+Line 1 is a header `{"fingerprint", "settings"}`; every further line a record. Other settings start afresh (one
+line names what changed), a torn last line is redone, a corrupt line is an error naming it. docs/pipeline.md
+(Interrupted runs) has the rules.
 """
 
 from __future__ import annotations

@@ -4,17 +4,9 @@
     python -m lawshift.merge --round round2       # a later round's
     python -m lawshift.merge SHARD_FILE ...       # or the files given
 
-Each shard file (written by `python stages/sample.py --shard-index i --num-shards n`, see lawshift/sampling.py)
-starts with its run's header line. The merge refuses, with one line naming the file, shards of different runs
-(settings other than the shard index differ, or another shard count), a missing or repeated shard, a shard
-sampled from another training set, and any case that is missing, recorded twice or in the wrong shard. Otherwise
-it writes every record, unchanged and in training-set order, to the round's samples.jsonl (temp file + rename): the
-same file a single process writes, which the filter stage reads. metrics/<round>/sample.json gets the counts over
-all cases; throughput, time and memory (metrics/time/<round>/sample.json) come from the shards' time files
-metrics/time/<round>/sample.shard{i}-of-{n}.json when all are there (`tokens_per_second` is then the shards' sum:
-what they reach running side by side).
-
-The shard files stay; `dvc commit sample@<round>` records the merged output as the sample stage's.
+Refuses, with one line naming the file, shards of different runs, a missing or repeated shard, and any case
+missing, repeated or in the wrong shard; otherwise writes every record unchanged, in training-set order, the same
+file a single process writes. Then `dvc commit sample@<round>`. docs/scaling.md has the whole recipe.
 """
 
 from __future__ import annotations
@@ -27,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lawshift import files, journal, paths, sampling
+from lawshift import files, journal, paths, samples, sampling
 from lawshift.data import Case, training_cases
 from lawshift.files import InputError
 from lawshift.params import SampleParams, load_params
@@ -118,7 +110,7 @@ def check_cases(shards: Sequence[Shard], cases: Sequence[Case], training_set: Pa
             raise InputError(shard.path, f"{len(missing)} of its {len(expected)} cases missing ({shown})")
 
 
-def merge(paths: Sequence[Path], cases: Sequence[Case], training_set: Path, out: Path) -> sampling.Tally:
+def merge(paths: Sequence[Path], cases: Sequence[Case], training_set: Path, out: Path) -> samples.Tally:
     """Check the shards and write their records in training-set order to `out`; returns the counts."""
     if not paths:
         raise InputError(out.parent, f"no shard files ({out.stem}.shard*-of-*{out.suffix}) to merge")
@@ -126,7 +118,7 @@ def merge(paths: Sequence[Path], cases: Sequence[Case], training_set: Path, out:
     check_shards(shards)
     check_cases(shards, cases, training_set)
     where = {case: (shard.path, lineno, raw) for shard in shards for case, (lineno, raw) in shard.records.items()}
-    tally = sampling.Tally()
+    tally = samples.Tally()
     with files.atomic_path(out) as tmp, open(tmp, "wb") as dst:
         for case in range(len(cases)):
             path, lineno, raw = where[case]
@@ -135,10 +127,10 @@ def merge(paths: Sequence[Path], cases: Sequence[Case], training_set: Path, out:
     return tally
 
 
-def merged_metrics(tally: sampling.Tally, shard_metrics: Sequence[dict | None]) -> dict:
+def merged_metrics(tally: samples.Tally, shard_metrics: Sequence[dict | None]) -> dict:
     """metrics/sample.json's keys: the counts from the merged records; missing article ids from the shards'
     metrics, when all are there."""
-    out = sampling.tally_metrics(tally) | {"shards": len(shard_metrics)}
+    out = samples.tally_metrics(tally) | {"shards": len(shard_metrics)}
     if any(m is None for m in shard_metrics):
         return out
     return out | {"missing_articles": sum(m.get("missing_articles", 0) for m in shard_metrics)}

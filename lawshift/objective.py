@@ -1,29 +1,10 @@
 """The objective of the SFT step: each accepted answer's mean token loss times its weight, one fixed normaliser.
 
-Objective. Answer i has mean token cross-entropy l_i over its trained tokens (the answer and its closing
-`<|im_end|>`; prompt and padding are masked with -100, see `lawshift.examples`) and weight w_i. Over the training
-set (N answers, W = sum_i w_i) the objective is
+    L = sum_i w_i * l_i / W        loss_m = sum_{i in m} w_i * l_i / Z,   Z = (W / N) * min(B, N) / P
 
-    L = sum_i w_i * l_i / W.
-
-With the filter's weights w_i = 1/n_c, W is the number of cases C and L = (1/C) * sum_c mean_{i in c} l_i: every
-case counts 1/C, whether it has 1 accepted answer or 8. The Trainer sees, for each micro-batch m,
-
-    loss_m = sum_{i in m} w_i * l_i / Z,   Z = (W / N) * min(B, N) / P,
-
-B = per_device_train_batch_size * gradient_accumulation_steps * P answers per optimizer step and P processes
-(DDP averages the P gradients). Z is one constant for the whole run and the Trainer sums micro-batch gradients
-without dividing by the accumulation steps (`loss_is_scaled_for_ga = True`), so:
-
-* an answer's influence never depends on its batch mates, the micro-batch split or the accumulation;
-* summed over an epoch, the optimizer steps' gradients are exactly N / min(B, N) times the gradient of L;
-* a uniformly drawn step has expected loss L; when the whole set fits one step (N <= B) its gradient is exactly
-  the gradient of L. A short last step carries proportionally less (it holds fewer answers).
-
-A normaliser per step (e.g. the weight sum of the step) would instead make an answer's effective weight depend on
-which other answers share its step, and case equality would hold only within steps. The *logged* loss of a step
-is its weighted mean, sum_{i in step} w_i * l_i / sum_{i in step} w_i (the loss above rescaled by Z / W_step, after
-the backward pass), so the curve reads as a loss and a short last step does not show as a dip.
+With the filter's weights w_i = 1/n_c every case counts 1/C. Z is one constant for the run, so an answer's
+influence never depends on its batch mates, the micro-batch split or the accumulation; the logged loss of a step
+is its weighted mean. The derivation is in docs/method.md (The objective).
 """
 
 from __future__ import annotations

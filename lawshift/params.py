@@ -1,7 +1,7 @@
 """Typed parameters: `params.yaml` loaded into dataclasses that reject unknown keys and wrong types.
 
 One section per stage, as in DVC's example-get-started. Defaults are the original two-script workflow's
-(see README); `params.yaml` sets the tiny embedded profile and every key DVC should track.
+(docs/pipeline.md); `params.yaml` sets the tiny embedded profile and every key DVC should track.
 
     from lawshift.params import load_params
     p = load_params("params.yaml")

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from lawshift import files
 from lawshift.data import SPLITS, Case, folder_labels
-from lawshift.evaluation import EvalItem, compute_metrics, score_answer
+from lawshift.evalmetrics import compute_metrics
+from lawshift.evaluation import EvalItem, score_answer
 from lawshift.files import InputError
 from lawshift.params import EvalParams
 from lawshift.results import pct

@@ -1,65 +1,17 @@
 """Rejection sampling, first half: N answers per training case from a round's policy, saved so nothing is lost.
 
-The `sample@<round>` stage (`stages/sample.py <round>`, normally `dvc repro sample@round1`) samples from the base
-(round1) or the base plus the previous round's adapter, into `outputs/<round>/samples.jsonl`. It renders one prompt
-per training case with the
-judge prompt file `sample.prompt`, sends a group of cases to the backend per call (never one case at a time) and
-appends one record per case to a JSONL file after every call, flushed and fsynced. A group is `sample.batch_size`
-cases with the `hf` backend (one padded batch on the device) and `sample.chunk_size` cases with `vllm` (default
-1,024; 0 = the whole shard), which goes to one `LLM.generate` so vLLM's scheduler and prefix cache see the chunk at
-once; an interrupted vLLM run loses at most the chunk in flight. Acceptance is decided later by the `filter` stage, so
-changing the acceptance rule never reruns this expensive half.
+    python stages/sample.py round1        # normally `dvc repro sample@round1`
 
-Difficulty-aware resampling (`sample.min_accepted` > 0): once every case has its first `num_samples` draws, a case
-with fewer than `min_accepted` accepted answers (finished and exactly right: the filter's default rule) draws
-`num_samples` more, and again, until it has enough or `max_samples` draws. Each further group is journaled like the
-first draws, as a line `{"index", "case_id", "first": j, "answers": [...], "generated_tokens"}` holding draws j, j+1,
-...; the final record has them appended in draw order, and `first_draws` says where the first N end. Draw j of case i
-uses stream `stream_seed + j` whatever group it falls in, so the extra draws never repeat a stream either.
-
-Files
------
-`outputs/<round>/samples.jsonl.partial` while running: a journal (lawshift/journal.py) whose header holds the settings
-that decide the records (model, data, articles, prompts, sampling params) and whose lines are case records. A rerun
-after Ctrl-C or SIGKILL continues it under the journal's rules (other settings: start afresh, saying which changed;
-a torn last line: redone; a corrupt line: an error naming it), and skips the cases already recorded, so every case
-ends up exactly once. A record for a case this run does not sample, or a case recorded twice, is an error too.
-
-When every case is done the records are written, in training-set order and without the header, to
-`outputs/<round>/samples.jsonl` (temp file + rename) and the partial file is removed. So `samples.jsonl` only ever holds
-a complete run, which is what DVC records (the stage declares it `persist: true` so DVC leaves it in place).
-
-Case record (one JSON object per line of `outputs/<round>/samples.jsonl`):
-
-    {"index": 0,                      # position in training_set.json
-     "case_id": "…",                  # Case.case_id: sha256 of fact + articles
-     "fact": "…", "relevant_articles": ["354-0-0"], "charge": "容留他人吸毒", "prison_time": 7,   # gold labels
-     "prompt": "…",                   # the exact rendered chat prompt
-     "prompt_tokens": 312, "generated_tokens": 496,   # generated: all draws, further ones included
-     "first_draws": 8,                # answers[:8] are the first draws, the rest resampling's
-     "answers": [{"text": "<think>…</think><answer> 容留他人吸毒 | 7 </answer>",
-                  "num_tokens": 62, "finished": true,                       # stopped at eos
-                  "parse": {"verdict": "V", "charge": "容留他人吸毒", "term": 7}}, …]}   # parse_answer; null if none
-
-Every case draws from its own random streams, derived from (`seed`, its index in training_set.json) only
-(`lawshift.generation.stream_seed`, a later round with streams of its own; answer j uses stream + j, as vLLM
-seeds its child requests): a case's streams do not depend on the batch size, the chunking, the shard it falls in or
-a resume, and on the `hf` backend on CPU neither do its answers' bytes (tested); on a GPU they can differ in the
-last bits of the logits unless vLLM's batch-invariant mode is on (lawshift/generation.py). Groups form a fixed grid
-over the case list, so a resumed run also meets the same batches.
-
-Shards
-------
-With `num_shards` n > 1 (`python stages/sample.py --shard-index i --num-shards n`, one process per GPU or node)
-a run samples cases i, i + n, i + 2n, … into `outputs/<round>/samples.shard{i}-of-{n}.jsonl` (resumable as above), each
-case with the same streams as in an unsharded run. A shard file keeps the header line,
-so `python -m lawshift.merge` (lawshift/merge.py) can check that the shards come from one run before it joins
-them into the round's `samples.jsonl`, which then reads exactly like a single process's.
+Renders one prompt per training case, sends groups of cases to the backend (`sample.batch_size` with `hf`,
+`sample.chunk_size` with `vllm`), and journals every group's records as soon as they return (lawshift/samples.py),
+so a rerun after Ctrl-C or SIGKILL continues. Difficulty-aware resampling draws more for cases with fewer than
+`sample.min_accepted` accepted answers. Case i's answer j draws from stream `stream_seed(seed, i) + j`, whatever its
+group, shard or resume. With `--num-shards n` a process samples every n-th case into a shard file that
+`python -m lawshift.merge` joins. docs/pipeline.md has the record format and the rules.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -69,15 +21,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lawshift import files, models, paths
-from lawshift.answers import Answer, parse_answer
+from lawshift.backends import make_backend
 from lawshift.codedeps import code_digest
 from lawshift.data import ArticleLookup, Case, load_articles, training_cases
-from lawshift.files import InputError
-from lawshift.generation import Backend, GenerationSettings, PromptResult, call_size, make_backend, stream_seed
-from lawshift.journal import Journal, Span
+from lawshift.generation import Backend, GenerationSettings, PromptResult, call_size, stream_seed
 from lawshift.params import Params, SampleParams, param_error
 from lawshift.prompts import Prompt, load_prompt, render_prompt
-from lawshift.scoring import is_correct
+from lawshift.samples import PartialFile, Tally, case_record, extra_record, tally_metrics
 
 # Settings that change what is generated; device and vLLM memory knobs do not change the records' meaning, nor
 # does chunk_size (each case's streams are its own), so a vLLM run may resume with another chunk size.
@@ -131,175 +81,6 @@ def run_settings(sp: SampleParams, model: str, training_set: str | Path, article
             "training_set": files.file_digest(training_set),
             "articles": files.file_digest(articles), "prompts": prompts_hash,
             "seed": seed, **{k: getattr(sp, k) for k in SAMPLING_KEYS}}
-
-
-# --- records and counters ----------------------------------------------------------------------------------------
-
-def parse_dict(text: str) -> dict | None:
-    answer = parse_answer(text)
-    return None if answer is None else dataclasses.asdict(answer)
-
-
-def answer_dicts(result: PromptResult) -> list[dict]:
-    return [{"text": c.text, "num_tokens": c.num_tokens, "finished": c.finished, "parse": parse_dict(c.text)}
-            for c in result.completions]
-
-
-def case_record(index: int, case: Case, prompt: str, result: PromptResult) -> dict:
-    answers = answer_dicts(result)
-    return {"index": index, "case_id": case.case_id, **case.to_dict(), "prompt": prompt,
-            "prompt_tokens": result.prompt_tokens, "generated_tokens": sum(a["num_tokens"] for a in answers),
-            "first_draws": len(answers), "answers": answers}
-
-
-def extra_record(index: int, case: Case, first: int, result: PromptResult) -> dict:
-    """A journal line of further draws for a case already recorded: its answers `first`, `first` + 1, ..."""
-    answers = answer_dicts(result)
-    return {"index": index, "case_id": case.case_id, "first": first,
-            "generated_tokens": sum(a["num_tokens"] for a in answers), "answers": answers}
-
-
-def merge_extras(rec: dict, extras: Sequence[dict]) -> dict:
-    """A case record with its further draws appended, in draw order: the record samples.jsonl keeps."""
-    out = dict(rec)
-    for ext in sorted(extras, key=lambda e: e["first"]):
-        out["answers"] = out["answers"] + ext["answers"]
-        out["generated_tokens"] += ext["generated_tokens"]
-    return out
-
-
-def gold_case(rec: dict, path: str | Path = "", line: int | None = None) -> Case:
-    try:
-        return Case(rec["fact"], tuple(rec["relevant_articles"]), rec["charge"], rec["prison_time"])
-    except (KeyError, TypeError) as err:
-        raise InputError(path, f"malformed case record ({err!r}); delete the file to start afresh",
-                         line=line) from None
-
-
-def accepted_flags(rec: dict, gold: Case, path: str | Path = "", line: int | None = None) -> list[bool]:
-    """Per answer of a record (a case's, or further draws of it): finished and right under the exact rule (term
-    tolerance 0). Decides resampling and the coverage figures; the filter stage makes the final call under its own
-    `filter.*` rule."""
-    try:
-        return [bool(a["finished"]) and is_correct(None if a["parse"] is None else Answer(**a["parse"]), gold, 0)
-                for a in rec["answers"]]
-    except (KeyError, TypeError, ValueError) as err:
-        raise InputError(path, f"malformed case record ({err!r}); delete the file to start afresh",
-                         line=line) from None
-
-
-@dataclass
-class Tally:
-    """Running totals over case records. `correct` uses the exact rule (tolerance 0): a preview, filter decides.
-    `covered_first` / `covered`: cases with an accepted answer (finished and exactly right) among their first
-    num_samples draws / among all their draws; `resampled`: cases that drew more, `extra_answers` how many more."""
-
-    cases: int = 0
-    answers: int = 0
-    correct: int = 0
-    format_errors: int = 0
-    unfinished: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    covered_first: int = 0
-    covered: int = 0
-    resampled: int = 0
-    extra_answers: int = 0
-
-    def add(self, rec: dict, path: str | Path = "", line: int | None = None) -> None:
-        try:
-            parses = [None if a["parse"] is None else Answer(**a["parse"]) for a in rec["answers"]]
-            finished = [bool(a["finished"]) for a in rec["answers"]]
-            prompt_tokens, generated_tokens = int(rec["prompt_tokens"]), int(rec["generated_tokens"])
-            first = int(rec.get("first_draws", len(parses)))
-        except (KeyError, TypeError, ValueError) as err:
-            raise InputError(path, f"malformed case record ({err!r}); delete the file to start afresh",
-                             line=line) from None
-        gold = gold_case(rec, path, line)
-        correct = [is_correct(a, gold, term_tolerance=0) for a in parses]
-        ok = [c and f for c, f in zip(correct, finished, strict=True)]  # what accepted_flags gives
-        self.cases += 1
-        self.answers += len(parses)
-        self.format_errors += sum(a is None for a in parses)
-        self.unfinished += sum(not f for f in finished)
-        self.correct += sum(correct)
-        self.prompt_tokens += prompt_tokens
-        self.generated_tokens += generated_tokens
-        self.covered_first += any(ok[:first])
-        self.covered += any(ok)
-        self.resampled += len(parses) > first
-        self.extra_answers += len(parses) - first
-
-
-# --- the resumable partial file ----------------------------------------------------------------------------------
-
-class PartialFile:
-    """The sample journal: which cases are done (and where their lines are), their further draws, and per case
-    the answers drawn and accepted so far (what resampling decides on)."""
-
-    def __init__(self, path: Path, settings: dict, case_ids: dict[int, str], tally: Tally):
-        self.path, self.case_ids, self.tally = path, case_ids, tally
-        self.done: dict[int, Span] = {}  # case index -> its record's line in the journal
-        self.extras: dict[int, list[Span]] = {}  # case index -> the lines of its further draws
-        self.drawn: dict[int, int] = {}
-        self.accepted: dict[int, int] = {}
-        self.gold: dict[int, Case] = {}
-        self.journal = Journal(path, settings, who="sample")
-        self.journal.open(self._resume)
-        self.resumed = len(self.done)
-
-    def _resume(self, lineno: int, rec: dict, span: Span) -> None:
-        index = rec.get("index")
-        if index not in self.case_ids or rec.get("case_id") != self.case_ids[index]:
-            raise InputError(self.path, "record for a case this run does not sample; delete the file to start "
-                                        "afresh", line=lineno, field="case_id")
-        if "first" in rec:
-            if index not in self.done or rec["first"] != self.drawn[index]:
-                raise InputError(self.path, f"further draws of case {index} out of order; delete the file to start "
-                                            "afresh", line=lineno, field="first")
-            self._count(rec, lineno)
-            self.extras.setdefault(index, []).append(span)
-            return
-        if index in self.done:
-            raise InputError(self.path, f"case {index} recorded twice; delete the file to start afresh", line=lineno)
-        self.tally.add(rec, self.path, lineno)
-        self._count(rec, lineno)
-        self.done[index] = span
-
-    def _count(self, rec: dict, lineno: int | None = None) -> None:
-        index = rec["index"]
-        if "first" not in rec:
-            self.gold[index] = gold_case(rec, self.path, lineno)
-        self.drawn[index] = self.drawn.get(index, 0) + len(rec["answers"])
-        self.accepted[index] = self.accepted.get(index, 0) + sum(
-            accepted_flags(rec, self.gold[index], self.path, lineno))
-
-    def append(self, records: list[dict]) -> None:
-        """One write per batch, then flush and fsync: once this returns the batch survives a kill or power loss."""
-        for rec, span in zip(records, self.journal.append(records), strict=True):
-            self._count(rec)
-            if "first" in rec:
-                self.extras.setdefault(rec["index"], []).append(span)
-            else:
-                self.done[rec["index"]] = span
-
-    def close(self) -> None:
-        self.journal.close()
-
-    def finalize(self, out: Path, order: Sequence[int], keep_header: bool = False) -> Tally:
-        """Write the records in `order`, each with its further draws merged in, to `out` atomically, the header line
-        first only if `keep_header` (a shard's file: the merge checks it); remove the partial file."""
-        tally = Tally()
-
-        def merged(read):
-            for i in order:
-                rec = merge_extras(read(self.done[i]), [read(s) for s in self.extras.get(i, [])])
-                tally.add(rec, self.path)
-                yield rec
-
-        self.journal.write_to(out, merged, keep_header)
-        self.journal.remove()
-        return tally
 
 
 # --- the sampling loop -------------------------------------------------------------------------------------------
@@ -404,15 +185,6 @@ def metrics(stats: RunStats, missing_articles: int) -> dict:
     the share of cases with an accepted answer (finished, exactly right): after the first num_samples draws and at
     the end, after resampling."""
     return tally_metrics(stats.tally) | {"missing_articles": missing_articles}
-
-
-def tally_metrics(t: Tally) -> dict:
-    """The counts of a set of case records (a run's, or the shards' merged)."""
-    share = (lambda k: round(k / t.cases, 6)) if t.cases else (lambda k: None)
-    return {"cases": t.cases, "answers_generated": t.answers, "generated_tokens": t.generated_tokens,
-            "prompt_tokens": t.prompt_tokens, "correct_exact": t.correct, "format_errors": t.format_errors,
-            "unfinished_answers": t.unfinished, "coverage_first": share(t.covered_first), "coverage": share(t.covered),
-            "cases_resampled": t.resampled, "extra_answers": t.extra_answers}
 
 
 def run_info(stats: RunStats, backend: str, device: str) -> dict:

@@ -4,13 +4,9 @@
     python -m lawshift.seeds --seeds 1 2 3 4 5 6 7 8
     python -m lawshift.seeds --collect    # only re-read the experiments already run
 
-Every random choice of the pipeline follows the one top-level param `seed` (the tiny base's initialisation and
-warm-start, sampling, LoRA initialisation and data order, eval's draws), so `-S seed=s` reruns everything. Each seed
-is queued as the experiment `seed-<s>` (`dvc exp run --queue -S seed=<s> -n seed-<s>`; an earlier experiment of that
-name on the same commit is replaced) and the queue is run one experiment at a time (`dvc exp run --run-all -j 1`),
-each in its own temporary copy, so the workspace and its outputs stay the default seed's. Then the figures of every
-seed, the workspace's included, are read from the experiments' commits and written to `metrics/seeds.json`, which
-`python -m lawshift.results` turns into the README table's mean and spread. `dvc exp show` lists the experiments.
+Each seed runs as the experiment `seed-<s>` in its own temporary copy (the workspace stays the default seed's);
+the figures of every seed go to metrics/seeds.json, which `python -m lawshift.results` turns into the README's
+mean and spread. `make compare` prints the experiments side by side.
 """
 
 from __future__ import annotations

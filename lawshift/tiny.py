@@ -1,25 +1,12 @@
 """The tiny, offline stand-in for Qwen/Qwen2.5-0.5B-Instruct: tokenizer, model and warm-start in one place.
 
-The pipeline is written against the real Qwen2.5 instruct model, but tests and CPU smoke runs cannot download it.
-This module builds, from a seed and a text corpus, a ~1M-parameter model with the same architecture
-(`Qwen2ForCausalLM`) and a byte-level BPE tokenizer with the same pre-tokenization, special tokens and ChatML chat
-template, and saves both with `save_pretrained`. Downstream code then loads the directory exactly as it would load
-the hub model:
-
-    from lawshift import paths
-    from lawshift.params import load_params
-    from lawshift.tiny import build_base
-
-    p = load_params()
     metrics = build_base(p.model.tiny, p.data, paths.BASE, p.seed)   # stage `base` for `model.base: tiny`
-    tok = AutoTokenizer.from_pretrained(paths.BASE)
-    model = AutoModelForCausalLM.from_pretrained(paths.BASE)
+    model = AutoModelForCausalLM.from_pretrained(paths.BASE)          # loaded exactly as a hub model
 
-Warm-start. A randomly initialised model never writes `<answer> 罪名 | 刑期 </answer>`, so rejection sampling would
-accept nothing. The tiny base is therefore trained for a few hundred steps on templated answers built from the
-training labels, with the term perturbed in a share of them (`model.tiny.term_noise`) so the base is a plausible but
-imperfect policy: sampling finds the right term for some cases and not for others. This is a stand-in that exercises
-the method's mechanics; it is not a legal model. Nothing here touches the Hugging Face hub.
+From a seed and the sample's text: a ~1M-parameter `Qwen2ForCausalLM`, a byte-level BPE tokenizer with Qwen's
+special tokens and ChatML template, warm-started for a few hundred steps on templated answers with a share of the
+terms perturbed (`model.tiny.term_noise`), so the base is plausible but imperfect. It exercises the method's
+mechanics; it is not a legal model. Nothing here touches the Hugging Face hub.
 """
 
 from __future__ import annotations

@@ -1,43 +1,13 @@
 """Weighted, completion-only QLoRA SFT on the accepted answers (the learning step of the method).
 
     python stages/train.py round1    # normally: dvc repro train@round1
-    accelerate launch --num_processes N stages/train.py round1   # with train.num_processes: N (one GPU per process)
+    accelerate launch --num_processes N stages/train.py round1   # with train.num_processes: N
 
-Input: a round's `outputs/<round>/sft.jsonl` from its filter stage, read and encoded by lawshift/sftdata.py; the
-weighted objective and the Trainer that minimises it are lawshift/objective.py. Output: the PEFT adapter
-(safetensors) plus the tokenizer in `models/<round>/` (with a copy of the answers it trained on), written
-atomically. Every round trains a fresh adapter from the base. This module loads the model, runs the Trainer,
-resumes, and logs.
-
-Model. By default QLoRA: the base is loaded in 4-bit NF4 with double quantisation (bitsandbytes; it runs on CPU
-too), compute dtype bf16 where the device supports it and fp32 otherwise, then `prepare_model_for_kbit_training`
-(gradient checkpointing with `use_reentrant=False`), then LoRA on `train.lora_target_modules`.
-`train.load_in_4bit: false` gives plain LoRA on the unquantised base.
-
-Optimizer. `paged_adamw_32bit` (bitsandbytes) pages optimizer state through CUDA unified memory, which exists on
-CUDA only; on any other device the stage uses PyTorch's `adamw_torch` (the same 32-bit AdamW update, unpaged;
-bitsandbytes itself would silently drop the paging there) and records the optimizer actually used in
-`metrics/<round>/train.json` (`optimizer`, beside `optimizer_requested`).
-
-Checkpoints and resume. Checkpoints go to `checkpoints/<round>/` (git-ignored, not a DVC output), every
-`train.save_steps` optimizer steps, keeping `train.save_total_limit`. `journal.jsonl` there is a header-only
-journal (lawshift/journal.py) of what decides the trained weights: the training data, the base model files, every
-train param that changes the result. A rerun with the same settings resumes from the newest complete checkpoint
-(one with `trainer_state.json`); checkpoints made under other settings are deleted, never resumed, and one line
-names the settings that changed. After a successful run the checkpoints are removed: the adapter is in
-`models/<round>/` and a rerun trains from scratch.
-
-Logging. TensorBoard event files go to `logs/<round>/` (git-ignored); DVCLive writes `dvclive/<round>/` through
-transformers' `DVCLiveCallback` with `dvcyaml=False` (dvc.yaml is never rewritten) and `save_dvc_exp=False`, at
-x = the optimizer step: `dvclive/<round>/plots/metrics/loss.tsv` and `learning_rate.tsv` are the loss and lr curves
-that `dvc.yaml` declares as plots. On resume both logs drop what was logged after the resumed checkpoint.
-
-Metrics (`metrics/<round>/train.json`): `loss_first` / `loss_last` (the logged step loss of the first step and the
-mean of the last logging window, which always ends at the final step), `train_loss` (mean over this run's steps),
-`steps`, `trainable_params`, `examples`, `cases`, `dropped_too_long`, `weight_sum`, `loss_normaliser` (Z), the
-optimizer.
-How the run went (`metrics/time/<round>/train.json`): `train_tokens_per_second` (non-padding input tokens, all
-processes, over the Trainer's runtime), `device`, `resumed_from`, wall time and peak memory.
+Reads outputs/<round>/sft.jsonl (encoded by lawshift/sftdata.py, objective in lawshift/objective.py), loads the
+base in 4-bit NF4 (or plain LoRA with `train.load_in_4bit: false`), trains a fresh adapter from the base, and
+writes it atomically to models/<round>/. Checkpoints in checkpoints/<round>/ resume a killed run when the settings
+match; TensorBoard logs go to logs/<round>/, DVCLive's to dvclive/<round>/. docs/pipeline.md (train) has the
+optimizer, resume and metrics details.
 """
 
 from __future__ import annotations

@@ -1,19 +1,9 @@
 """vLLM generation backend (GPU machines: `make gpu-venv`; selected by `sample.backend: vllm` / `eval.backend: vllm`).
 
-The caller hands over a whole chunk of cases at once (`sample.chunk_size` / `eval.chunk_size`, default 1,024) and
-this backend sends them in one `LLM.generate` with one `SamplingParams(n=N, seed=…)` per prompt: vLLM's scheduler
-keeps the GPU full across the chunk and its prefix cache prefills each prompt once for its N answers (and the
-judge prompt's shared system text once for all). Prompt i's seed is its case's first stream
-(`lawshift.generation.stream_seed`); vLLM turns an n-answer request with seed s into n child requests seeded
-s + j (vllm/v1/engine/parallel_sampling.py), which the stream layout keeps apart from every other case's.
-
-A fine-tuned model is served as the base plus its adapter through a `LoRARequest`: the base weights load once, no
-merged copy is written to disk, and the same engine can serve several adapters. vLLM is imported only when this
-backend is built.
-
-The pure parts, the sampling arguments, the LoRA rank and the mapping of vLLM's outputs back to prompts, are plain
-functions tested without a GPU (tests/test_vllm_backend.py); the whole path runs end to end on CPU against a
-stand-in `vllm` package (tests/vllm_standin, tests/test_vllm_stages.py).
+A whole chunk of cases goes to one `LLM.generate`, one `SamplingParams(n=N, seed=stream)` per prompt (vLLM seeds
+child j with seed + j), prompts without special tokens; a fine-tuned model is the base plus its adapter through a
+`LoRARequest`. vLLM is imported only when this backend is built. The pure parts are tested without a GPU
+(tests/test_vllm_backend.py), the whole path against a stand-in `vllm` (tests/vllm_standin). docs/gpu.md.
 """
 
 from __future__ import annotations

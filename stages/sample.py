@@ -1,17 +1,10 @@
 """Stage `sample@<round>`: N answers per training case from the round's policy -> outputs/<round>/samples.jsonl.
 
-The policy is the base for round1 and the base plus the previous round's adapter after it (`rounds` in
-params.yaml); cases with too few right answers draw more (`sample.min_accepted`, `sample.max_samples`).
-Resumable: records are appended and fsynced after every batch, so after Ctrl-C or a kill the same command
-continues where it stopped (lawshift/sampling.py has the rules, lawshift/journal.py the file format).
+    python stages/sample.py round1                                 # normally: dvc repro sample@round1
+    python stages/sample.py round1 --shard-index 0 --num-shards 4  # one shard; then python -m lawshift.merge
 
-    python stages/sample.py round1   # normally: dvc repro sample@round1
-
-Sharded over several GPUs or machines: one process per shard, each overriding `sample.shard_index` and
-`sample.num_shards`, writes outputs/<round>/samples.shard{i}-of-{n}.jsonl and its metrics beside the round's;
-`python -m lawshift.merge --round <round>` then joins them into the round's samples.jsonl and sample.json.
-
-    python stages/sample.py round1 --shard-index 0 --num-shards 4
+The policy is the base for round1, the base plus the previous round's adapter after it. Resumable: after Ctrl-C or
+a kill the same command continues where it stopped (lawshift/sampling.py, lawshift/journal.py).
 """
 
 import argparse

@@ -17,7 +17,8 @@ from benchmarks.__main__ import main, parser
 from lawshift import files, models
 from lawshift.data import ArticleLookup, load_articles, training_cases
 from lawshift.files import InputError
-from lawshift.generation import GenerationSettings, HFBackend
+from lawshift.generation import GenerationSettings
+from lawshift.hf_backend import HFBackend
 from lawshift.params import TrainParams
 from lawshift.prompts import render_prompt
 

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from conftest import EV, FOLDER, JUDGE, REPO, read_json, run, set_params
 
+from lawshift import evalmetrics as evm
 from lawshift import evaluation as ev
 from lawshift import models, paths
 from lawshift.answers import LIFE, NO_VIOLATION
 from lawshift.data import Case, discover_folders
 from lawshift.files import InputError
-from lawshift.generation import GenerationSettings, HFBackend
+from lawshift.generation import GenerationSettings
+from lawshift.hf_backend import HFBackend
 from lawshift.params import load_params
 
 LOW, HIGH = 36, 120
@@ -96,7 +98,7 @@ def _means(metrics: dict) -> dict:
 
 
 def test_compute_metrics_hand_made():
-    full = ev.compute_metrics(hand_records())
+    full = evm.compute_metrics(hand_records())
     metrics = _means(full)
     # original: V 1+1, NV 1, TU 1+0, TD 0, XT 1, NX (1+0)/2 -> 5.5 of 8 prompts
     # poisoned: V 0+0, NV 1, TU 1+0, TD 1, XT 1, NX (1+0)/2 -> 4.5 of 8 prompts
@@ -134,13 +136,13 @@ def test_compute_metrics_hand_made():
     assert full["folders"]["term_extremity_out"]["majority"] == {"original": 1.0, "poisoned": 1.0}
     assert full["train_pass_at_k"] == full["train_majority"] == 0.5
     # records that do not say whether they finished (a re-scored published log): no truncated share, not 0
-    unknown = ev.compute_metrics([{k: v for k, v in r.items() if k != "finished"} for r in hand_records()])
+    unknown = evm.compute_metrics([{k: v for k, v in r.items() if k != "finished"} for r in hand_records()])
     assert unknown["overall"]["truncated"] is None and unknown["train_truncated"] is None
 
 
 def test_compute_metrics_unequal_splits_and_no_train():
     records = [r for r in hand_records() if r["split"] != "train" and r["id"] != "term_up/poisoned/1"]
-    metrics = ev.compute_metrics(records)
+    metrics = evm.compute_metrics(records)
     assert _means(metrics["folders"]["term_up"]) == {"label": "TU", "original": 0.5, "poisoned": 1.0, "n": 2,
                                                      "n_poisoned": 1}
     assert metrics["train_exact"] is None and metrics["train_pass_at_k"] is None and metrics["train_majority"] is None
@@ -155,13 +157,13 @@ def test_compute_metrics_unequal_splits_and_no_train():
     (10, 7, 4, 1.0),  # fewer than k failures: every k-subset holds a success
 ])
 def test_pass_at_k_is_the_unbiased_estimator(n, c, k, expected):
-    assert ev.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+    assert evm.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
 
 
 @pytest.mark.parametrize("n,c,k", [(3, 4, 1), (3, -1, 1), (3, 1, 0), (3, 1, 4)])
 def test_pass_at_k_refuses_impossible_counts(n, c, k):
     with pytest.raises(ValueError):
-        ev.pass_at_k(n, c, k)
+        evm.pass_at_k(n, c, k)
 
 
 RIGHT, WRONG, OTHER = ans("盗窃 | 24"), ans("盗窃 | 30"), ans("抢劫 | 24")
@@ -184,21 +186,21 @@ def train_records(*prompts: list[str]) -> list[dict]:
     ([f"  {RIGHT}\n", WRONG, RIGHT], True),  # votes go by the parsed answer, not the text
 ])
 def test_majority_vote(texts, expected):
-    assert ev.majority_success(train_records(texts)) is expected
+    assert evm.majority_success(train_records(texts)) is expected
 
 
 def test_mean_pass_at_k_and_majority_over_prompts():
     # three prompts of k = 3 draws: (right, wrong, wrong), (wrong, wrong, other), (right, right, wrong)
     records = train_records([RIGHT, WRONG, WRONG], [WRONG, WRONG, OTHER], [RIGHT, RIGHT, WRONG])
-    m = ev.compute_metrics(records)
+    m = evm.compute_metrics(records)
     assert m["k"] == 3
     assert m["train_exact"] == round((1 / 3 + 0 + 2 / 3) / 3, 6)
     assert m["train_pass_at_k"] == round(2 / 3, 6)  # two prompts with a right draw
     assert m["train_majority"] == round(1 / 3, 6)  # only the third prompt's majority is right
     # pass@2 from the same draws: 1 - C(2,2)/C(3,2) = 2/3 for one right of three, 1 for two right
-    assert ev.compute_metrics(records, k=2)["train_pass_at_k"] == round((2 / 3 + 0 + 1) / 3, 6)
+    assert evm.compute_metrics(records, k=2)["train_pass_at_k"] == round((2 / 3 + 0 + 1) / 3, 6)
     # draw order decides ties only: shuffled records give the same figures
-    assert ev.compute_metrics(list(reversed(records))) == m
+    assert evm.compute_metrics(list(reversed(records))) == m
 
 
 GOLD_CHECKS = [
@@ -409,7 +411,7 @@ def test_stage_base_then_sft(project):
     preds = read_jsonl(base["predictions"])
     assert len(preds) == 84 and {p["split"] for p in preds} == {"original", "poisoned", "train"}
     assert preds == sorted(preds, key=lambda p: (p["split"] == "train", p["split"], p["index"]))
-    assert ev.compute_metrics(preds) == metrics
+    assert evm.compute_metrics(preds) == metrics
     report = Path(base["report"]).read_text()
     assert "| action_explicit_extend | V" in report.replace("  ", " ").replace("  ", " ")
     assert "84 prompts, 1 answer(s) each; 0 cited article id(s) not found" in report

@@ -18,14 +18,13 @@ from conftest import ENV, JUDGE, R1, ROOT, SeedLog, dump_json, read_json, run, r
 from lawshift import files, filtering, merge
 from lawshift.data import ArticleLookup, load_articles, training_cases
 from lawshift.files import InputError, file_digest
-from lawshift.generation import Completion, HFBackend, PromptResult
+from lawshift.generation import Completion, PromptResult
+from lawshift.hf_backend import HFBackend
 from lawshift.params import FilterParams, SampleParams
+from lawshift.samples import PartialFile, Tally, case_record
 from lawshift.sampling import (
     Job,
-    PartialFile,
-    Tally,
     build_prompts,
-    case_record,
     output_path,
     partial_path,
     run_settings,

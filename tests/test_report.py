@@ -11,7 +11,7 @@ from conftest import EV
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lawshift import evaluation
+from lawshift import evalmetrics, evaluation
 from lawshift.data import Case
 from lawshift.report import escape_md, folder_plot, folder_table, report_markdown, term_error_plot, write_outputs
 
@@ -154,7 +154,7 @@ def test_write_outputs_writes_every_eval_output_at_its_path(tmp_path, monkeypatc
              for folder, label, split, i, _ in ANSWERS]
     records = [evaluation.score_answer(item, text, 0, 36, 120) for item, (*_, text) in zip(items, ANSWERS,
                                                                                           strict=True)]
-    metrics = evaluation.compute_metrics(records)
+    metrics = evalmetrics.compute_metrics(records)
     note = "5 prompts, 1 answer(s) each; 0 cited article id(s) not found"
     write_outputs(name, evaluation.Evaluation(records, metrics, note, partial=None))
 
@@ -173,6 +173,6 @@ def test_write_outputs_writes_every_eval_output_at_its_path(tmp_path, monkeypatc
     assert "term_error_months,answers,share\n6,1,1.0\n" == Path(where["term_errors_plot"]).read_text()
 
     # a second write replaces every file whole
-    write_outputs(name, evaluation.Evaluation(records[:2], evaluation.compute_metrics(records[:2]), note, None))
+    write_outputs(name, evaluation.Evaluation(records[:2], evalmetrics.compute_metrics(records[:2]), note, None))
     assert len(Path(where["predictions"]).read_text(encoding="utf-8").splitlines()) == 2
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == written

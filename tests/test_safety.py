@@ -42,7 +42,8 @@ def test_model_text_survives_sample_filter_and_train_files(tmp_path, noise):
     back unchanged, where a splitlines() reader would report a corrupt line or cut the record."""
     from lawshift.filtering import run
     from lawshift.params import FilterParams
-    from lawshift.sampling import PartialFile, Tally, partial_path
+    from lawshift.samples import PartialFile, Tally
+    from lawshift.sampling import partial_path
     from lawshift.sftdata import read_sft
 
     cases = training_cases(SAMPLE)[:2]

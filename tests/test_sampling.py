@@ -24,25 +24,21 @@ from lawshift.generation import (
     SEED_STRIDE,
     Completion,
     GenerationSettings,
-    HFBackend,
     PromptResult,
     stream_seed,
 )
+from lawshift.hf_backend import HFBackend
 from lawshift.journal import header
 from lawshift.params import SampleParams
+from lawshift.samples import PartialFile, Tally, case_record, extra_record, parse_dict
 from lawshift.sampling import (
     SAMPLING_KEYS,
     Job,
-    PartialFile,
     RunStats,
-    Tally,
     build_prompts,
-    case_record,
-    extra_record,
     longest_first,
     metrics,
     output_path,
-    parse_dict,
     partial_path,
     run_info,
     run_settings,

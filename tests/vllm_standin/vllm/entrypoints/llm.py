@@ -1,48 +1,11 @@
-"""`vllm.LLM` of the test-only stand-in: vLLM's offline entry point, run with transformers on the CPU.
+"""`vllm.LLM` of the test-only stand-in: vLLM 0.33.0's offline entry point, run with transformers on the CPU.
 
-What it keeps of vLLM (the points the project relies on; vLLM file in brackets):
-
-* construction arguments and their checks: `load_format` ("safetensors" loads only safetensors, "auto" falls back
-  to pickle .bin, "pt" only pickle), `trust_remote_code`, `max_model_len` (at most what the model config allows),
-  `gpu_memory_utilization` in (0, 1], `max_lora_rank` one of vLLM's allowed ranks when LoRA is on [config/lora.py];
-* `generate(prompts, sampling_params, *, use_tqdm, lora_request)`: one SamplingParams or one per prompt, one
-  LoRARequest or one per prompt (list lengths checked), outputs in prompt order, request ids "0", "1", ... per LLM
-  [entrypoints/llm.py]; LoRA refused unless `enable_lora`, adapter rank <= `max_lora_rank` [lora/peft_helper.py];
-  prompts longer than the model length and empty prompts refused [v1/engine/processor.py];
-* parallel sampling: a request with n > 1 is n child requests, child j with seed `seed + j` (seed None: every
-  child unseeded) [v1/engine/parallel_sampling.py]; each child draws from its own torch.Generator (an unseeded
-  one seeded from the LLM's seed and the request counter), so a seeded answer depends only on its prompt, its
-  child seed and its settings, never on what else is in the call (child j of seed s = a lone request seeded s + j;
-  tests/test_vllm_standin.py checks it bit for bit);
-* sampling order: penalties, then greedy argmax (temperature < 1e-5) or temperature, min_p, top-k, top-p, and a
-  draw [v1/sample/sampler.py, ops/topk_topp_sampler.py]; the draw is torch.multinomial with the child's generator
-  (vLLM draws with exponential noise on the GPU: same distribution, different stream);
-* stopping [v1/core/sched/utils.py check_stop]: the tokenizer's eos -> finish "stop", stop_reason None; other eos
-  ids of generation_config and `stop_token_ids` -> "stop", stop_reason the id; then `max_tokens` or the model
-  length -> "length". The stop token stays in `token_ids`, its text is not in `text`;
-* text [v1/engine/detokenizer.py]: incremental detokenisation with tokenizers' DecodeStream primed with the prompt
-  (vLLM's fast path), so an answer cut mid-character holds back the incomplete bytes instead of ending in U+FFFD;
-  stop strings cut the text (vLLM's check_stop_strings) and end the request with stop_reason the string.
-
-Text prompts are tokenized as vLLM 0.33.0 tokenizes them for `generate` (vllm/renderers/base.py
-default_cmpl_tok_params): special tokens added unless `tokenization_kwargs={"add_special_tokens": False}` says
-otherwise, so a tokenizer that adds a BOS adds it here too; `{"prompt_token_ids": [...]}` prompts are used as they
-are, with `RequestOutput.prompt` None. The engine start [v1/engine/utils.py, utils/system_utils.py] records the
-process start method vLLM would use (VLLM_WORKER_MULTIPROC_METHOD, default fork, spawn once torch's CUDA is
-initialised) and the environment a GPU engine depends on. Requests run one
-after another; a request's prompt is prefilled once and its KV cache repeated for its n children, which decode
-as the rows of one batch (a finished child leaves it), like vLLM's prefix sharing between children.
-
-Instrumentation (for tests): with `VLLM_STANDIN_LOG=<file>`, one JSON line (json.dumps, ensure_ascii=False) is
-appended per event:
-  {"event": "init", "model", "load_format", "enable_lora", "max_lora_rank", "max_model_len" (as passed), "seed",
-   "kwargs" (the unknown keyword arguments), "tokenizer", "tensor_parallel_size", "gpu_memory_utilization",
-   "enable_prefix_caching", "max_loras", "trust_remote_code", "dtype", "revision", "mp_method", "env" (ENGINE_ENV's
-   values)}    after a successful load;
-  {"event": "generate", "prompts": count, "tokenization_kwargs", "requests": [{"request_id", "seed", "n",
-   "child_seeds", "temperature", "top_p", "top_k", "max_tokens", "lora_path", "prompt", "prompt_tokens"},
-   ...one per prompt, in order]}    after the call's checks pass.
-`VLLM_STANDIN_THREADS=<k>` sets torch's thread count when an LLM is built (one is fastest for the tiny model).
+It keeps what the project relies on: the construction arguments and their checks, `generate` with one
+SamplingParams or LoRARequest per prompt, n > 1 as child requests seeded seed + j (each child its own generator, so
+an answer never depends on its call mates), vLLM's sampling order and stop rules, incremental detokenisation,
+special tokens added unless `tokenization_kwargs` says otherwise, and the engine start's fork/spawn choice.
+`VLLM_STANDIN_LOG=<file>` logs one JSON line per engine and call; `VLLM_STANDIN_THREADS=<k>` sets torch's threads.
+docs/testing.md lists every point with the vLLM file it follows, and the log's fields.
 """
 
 from __future__ import annotations

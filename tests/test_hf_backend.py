@@ -1,4 +1,4 @@
-"""Tests for lawshift.generation's HFBackend on the tiny base: shapes, left padding, seeds, eos handling, for both
+"""Tests for lawshift.hf_backend.HFBackend on the tiny base: shapes, left padding, seeds, eos handling, for both
 the shared-prefill decoder and plain `generate`; the shared-prefill decoder's greedy tokens against `generate`'s and
 its sampled tokens' distribution against the exact tempered, nucleus-filtered next-token probabilities."""
 
@@ -13,15 +13,8 @@ from conftest import JUDGE, seeds
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from lawshift.data import ArticleLookup, load_articles, load_cases
-from lawshift.generation import (
-    Completion,
-    GenerationSettings,
-    HFBackend,
-    PromptResult,
-    call_size,
-    decode,
-    top_p_candidates,
-)
+from lawshift.generation import Completion, GenerationSettings, PromptResult, call_size
+from lawshift.hf_backend import HFBackend, decode, top_p_candidates
 from lawshift.prompts import render_prompt
 
 CPU = torch.device("cpu")
