@@ -2,28 +2,26 @@
 
     python -m lawshift.rescore LOG [LOG ...] -o FILE [--term-low 36] [--term-high 120]
 
-A LOG is the JSON list the public LawShift evaluation scripts write (`detailed_results.json`): one element per
-folder, `{"folder": …, "label_type": …, "original": …, "poisoned": …}`, each split either a list of records or an
-object with a `predictions` list. A record holds the model's text in `full_response` (or `response`): a string, or
-a list of strings when the script drew several samples per case. Every answer is parsed by
-`lawshift.answers.parse_answer` and judged by `lawshift.scoring.lawshift_success` through the eval stage's own
-`score_answer`, and the metrics come from `compute_metrics`, so FILE has the layout of `metrics/<model>/eval.json`
-(`overall`, `by_label`, `folders`) and a published model sits beside ours under one protocol.
-
-FILE also gets `agreement`: on the records that carry the log's own `is_correct`, the share where this project's
-success says the same. The public script counts a term strictly beyond its thresholds (> 120, < 36) and reads answers
-with its own regexes, so agreement below 100% shows where the two protocols part, record by record.
+A LOG is the JSON list the public LawShift scripts write (`detailed_results.json`): one `{"folder", "label_type",
+"original", "poisoned"}` per folder, each split a list of records or an object with a `predictions` list; a record's
+text (`full_response` or `response`) is a string or one string per sample. Answers go through the eval stage's
+`score_answer` and `compute_metrics`, so FILE is laid out as `metrics/<model>/eval.json`. A text with no answer to
+parse (some logs clip it) is scored from the record's `pred_verdict`/`pred_prison`, counted in `from_log_fields`.
+`agreement`: how often our success matches `is_correct` on text-scored records; the public script's strict thresholds
+(> 120, < 36) keep it under 100%, and under 90% stderr warns the figures are not the log's.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lawshift import files
+from lawshift.answers import NO_VIOLATION, gold_term, parse_answer
 from lawshift.data import SPLITS, Case, folder_labels
 from lawshift.evalmetrics import compute_metrics
 from lawshift.evaluation import EvalItem, score_answer
@@ -33,6 +31,13 @@ from lawshift.results import pct
 from lawshift.scoring import LABEL_TYPES
 
 RESPONSE_KEYS = ("full_response", "response")  # the public scripts write the first; other runners the second
+# The log's own reading of an answer: the public script's versions that clip `response` name the verdict
+# `pred_verdict`, later ones `pred_violation`; both write 未识别 where their regexes found no answer (no verdict).
+VERDICT_KEYS = ("pred_verdict", "pred_violation")
+UNREAD = "未识别"
+# Below this, our success and the log's is_correct part on too many records for a protocol difference alone (the
+# thresholds' edges, answer regexes): the texts scored are likely not what the log scored.
+AGREEMENT_FLOOR = 0.9
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Logged:
     item: EvalItem
     texts: tuple[str, ...]  # one per sample drawn for this case
     published: bool | None  # the log's own is_correct; None when it has none
+    from_fields: tuple[str | None, ...]  # per sample: the answer built from pred_verdict/pred_prison, when scored so
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,65 @@ def published_verdict(rec: dict, path: str, index: int, where: str) -> bool | No
     return value
 
 
+def per_sample(rec: dict, key: str, j: int, k: int, path: str, index: int, where: str) -> tuple[object, str]:
+    """Sample j's value of a record's field, and its JSON path: a list holds one per sample, one value one sample."""
+    value, field = rec.get(key), f"{where}.{key}"
+    if isinstance(value, list):
+        if len(value) != k:
+            raise InputError(path, f"has {len(value)} value(s) for {k} sample(s)", index, field)
+        return value[j], f"{field}[{j}]"
+    if k > 1 and value is not None:
+        raise InputError(path, f"one value for {k} samples: give a list, one per sample", index, field)
+    return value, field
+
+
+def logged_verdict(value: object, field: str, path: str, index: int) -> str | None:
+    """The verdict (V or NV) of a log's verdict field; None where it has none (null, or the public script's 未识别)."""
+    if value is None or value == UNREAD:
+        return None
+    verdict = value.strip().upper() if isinstance(value, str) else None
+    if verdict in ("V", "NV"):
+        return verdict
+    raise InputError(path, f"must be 'V', 'NV', {UNREAD!r} or null, got {value!r}", index, field)
+
+
+def logged_term(value: object, field: str, path: str, index: int) -> int | str | None:
+    """A log's pred_prison as an answer's term: months, XT for life/death. A number is read as gold prison_time is
+    (10000/10001 are life/death), since logs store those codes; other text as the answer grammar reads a term."""
+    if value is None:
+        return None
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,7}", value.strip()):
+        value = int(value)  # ASCII digits, bounded: int() must not meet a 5000-digit string
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return gold_term(value)
+    answer = parse_answer(f"<answer> V | {value} </answer>") if isinstance(value, str) else None
+    if answer is None or answer.term is None:
+        raise InputError(path, f"must be months (10000/10001: life/death), 'XT' or null, got {value!r}", index, field)
+    return answer.term
+
+
+def logged_answer(rec: dict, j: int, k: int, path: str, index: int, where: str) -> str | None:
+    """Sample j's answer block as the log read it, in the project's grammar so `score_answer` parses it as it would
+    the model's own; None where the log has no verdict for it."""
+    key = next((key for key in VERDICT_KEYS if key in rec), None)
+    if key is None:
+        return None
+    verdict = logged_verdict(*per_sample(rec, key, j, k, path, index, where), path, index)
+    if verdict is None:
+        return None
+    if verdict == "NV":
+        return f"<answer> {NO_VIOLATION} </answer>"  # a term beside an acquittal means nothing, as in the grammar
+    term = logged_term(*per_sample(rec, "pred_prison", j, k, path, index, where), path, index)
+    return "<answer> V </answer>" if term is None else f"<answer> V | {term} </answer>"
+
+
+def fallback_answers(rec: dict, texts: tuple[str, ...], path: str, index: int, where: str) -> tuple[str | None, ...]:
+    """Per sample, the log's own answer where the text has none to parse (a clipped response), else None. Fields are
+    read only where needed: a log whose texts all parse is not held to them."""
+    return tuple(None if parse_answer(text) is not None else logged_answer(rec, j, len(texts), path, index, where)
+                 for j, text in enumerate(texts))
+
+
 def gold_case(rec: dict, path: str, index: int, where: str) -> Case:
     """The case as far as a log tells it. Logs carry no gold charge, and charge "" makes score_answer's gold checks
     None, so only the label type's rule scores; `true_prison` is kept where a runner wrote it."""
@@ -141,7 +206,8 @@ def read_element(elem: object, path: str, index: int) -> LoggedFolder:
             texts = response_texts(rec, path, index, where)
             prompt = rec.get("full_prompt") if isinstance(rec.get("full_prompt"), str) else ""
             item = EvalItem(f"{name}/{split}/{i}", name, label, split, i, gold_case(rec, path, index, where), prompt)
-            entries.append(Logged(item, texts, published_verdict(rec, path, index, where)))
+            entries.append(Logged(item, texts, published_verdict(rec, path, index, where),
+                                  fallback_answers(rec, texts, path, index, where)))
     return LoggedFolder(name, path, index, entries)
 
 
@@ -172,14 +238,16 @@ def combine(logs: Sequence[list[LoggedFolder]]) -> list[LoggedFolder]:
 
 
 def score(entries: Sequence[Logged], low: int, high: int) -> tuple[list[dict], list[tuple[str, bool, bool]]]:
-    """The prediction records (as `score_answer` makes them) and, per record with an `is_correct`, (split,
-    published, ours). A record with k samples is ours-correct when all k succeed: the public script's
-    `is_correct` is `correct_count == num_samples`."""
+    """The prediction records (as `score_answer` makes them, with `from_log_fields`) and, per record with an
+    `is_correct` whose every answer came from its text, (split, published, ours). A record scored from the log's own
+    fields agrees with its is_correct by construction, so it would only flatter the agreement. A record with k samples
+    is ours-correct when all k succeed: the public script's `is_correct` is `correct_count == num_samples`."""
     records, pairs = [], []
     for e in entries:
-        scored = [score_answer(e.item, text, j, low, high) for j, text in enumerate(e.texts)]
+        scored = [score_answer(e.item, logged or text, j, low, high) | {"from_log_fields": logged is not None}
+                  for j, (text, logged) in enumerate(zip(e.texts, e.from_fields, strict=True))]
         records += scored
-        if e.published is not None:
+        if e.published is not None and not any(r["from_log_fields"] for r in scored):
             pairs.append((e.item.split, e.published, all(r["success"] for r in scored)))
     return records, pairs
 
@@ -194,21 +262,61 @@ def agreement(pairs: Sequence[tuple[str, bool, bool]]) -> dict:
     return {**_share(pairs), **{s: _share([p for p in pairs if p[0] == s]) for s in SPLITS}}
 
 
-def rescore(paths: Sequence[str | Path], low: int, high: int) -> dict:
-    """The metrics of the given logs under this project's protocol, with the agreement figure and provenance."""
+def field_counts(records: Sequence[dict]) -> dict[str, int]:
+    """Per split, how many answers were scored from the log's pred_verdict/pred_prison."""
+    return {s: sum(r["from_log_fields"] for r in records if r["split"] == s) for s in SPLITS}
+
+
+def with_field_counts(metrics: dict, records: Sequence[dict]) -> dict:
+    """`from_log_fields` beside each group's success figures, so a figure resting on the log's reading shows it."""
+    metrics["overall"]["from_log_fields"] = field_counts(records)
+    for key, group in (("label", metrics["by_label"]), ("folder", metrics["folders"])):
+        for name, figures in group.items():
+            figures["from_log_fields"] = field_counts([r for r in records if r[key] == name])
+    return metrics
+
+
+def log_notes(folders: Sequence[LoggedFolder], agree: dict) -> list[str]:
+    """The stderr lines: per log, how many answers were scored from its fields; a warning when agreement is low."""
+    counts: dict[str, tuple[int, int]] = {}
+    for f in folders:
+        logged = [a is not None for e in f.entries for a in e.from_fields]
+        n, total = counts.get(f.path, (0, 0))
+        counts[f.path] = (n + sum(logged), total + len(logged))
+    notes = [f"{path}: {n} of {total} responses held no answer to parse and were scored from the log's "
+             "pred_verdict/pred_prison" for path, (n, total) in counts.items() if n]
+    if agree["records"] and agree["share"] < AGREEMENT_FLOOR:
+        notes.append(f"warning: our success matches the logs' is_correct on only {agree['agree']}/{agree['records']} "
+                     f"= {pct(agree['share'])} of text-scored records (< {pct(AGREEMENT_FLOOR)}): the figures are "
+                     "likely not what the logs measured (clipped texts? another answer format?)")
+    return notes
+
+
+def rescore_logs(paths: Sequence[str | Path], low: int, high: int) -> tuple[dict, list[str]]:
+    """The metrics of the given logs under this project's protocol, with the agreement figure and provenance, and
+    the lines for stderr."""
     folders = combine([read_log(p) for p in paths])
     records, pairs = score([e for f in folders for e in f.entries], low, high)
-    return {**compute_metrics(records), "agreement": agreement(pairs),
-            "rescored": {"logs": [str(p) for p in paths], "term_low": low, "term_high": high,
-                         "answers": len(records)}}
+    agree = agreement(pairs)
+    result = {**with_field_counts(compute_metrics(records), records), "agreement": agree,
+              "rescored": {"logs": [str(p) for p in paths], "term_low": low, "term_high": high,
+                           "answers": len(records)}}
+    return result, log_notes(folders, agree)
+
+
+def rescore(paths: Sequence[str | Path], low: int, high: int) -> dict:
+    """The metrics alone (see `rescore_logs`)."""
+    return rescore_logs(paths, low, high)[0]
 
 
 def summary_line(result: dict, out: str | Path) -> str:
     o, a = result["overall"], result["agreement"]
     agree = (f"agreement with the logs' is_correct {a['agree']}/{a['records']} = {pct(a['share'])}" if a["records"]
-             else "no is_correct in the logs to compare")
+             else "no text-scored record with an is_correct to compare")
+    fields = sum(o["from_log_fields"].values())
+    logged = f"; {fields} answer(s) scored from the logs' pred_verdict/pred_prison (from_log_fields)" if fields else ""
     return (f"rescored {len(result['folders'])} folder(s), {result['rescored']['answers']} answer(s): original "
-            f"{pct(o['original'])}, poisoned {pct(o['poisoned'])}; {agree} -> {out}")
+            f"{pct(o['original'])}, poisoned {pct(o['poisoned'])}; {agree}{logged} -> {out}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -229,8 +337,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = Path(args.output)
     if any(out.resolve() == Path(p).resolve() for p in args.logs):
         raise InputError(out, "is also a LOG: writing it would replace the log being re-scored", field="-o")
-    result = rescore(args.logs, args.term_low, args.term_high)
+    result, notes = rescore_logs(args.logs, args.term_low, args.term_high)
     files.write_json(out, result)
+    for note in notes:
+        print(note, file=sys.stderr)
     print(summary_line(result, out))
 
 

@@ -120,7 +120,7 @@ def test_thresholds_follow_the_arguments(tmp_path):
 
 def test_main_logs_metrics(main_logs):
     m = rescore(main_logs, 36, 120)
-    means = {name: {k: v for k, v in f.items() if k not in ("pass_at_k", "majority")}
+    means = {name: {k: v for k, v in f.items() if k not in ("pass_at_k", "majority", "from_log_fields")}
              for name, f in m["folders"].items()}
     assert means == {
         "action_explicit_extend": {"label": "V", "original": 0.5, "poisoned": 1.0, "n": 2, "n_poisoned": 1},
@@ -130,6 +130,10 @@ def test_main_logs_metrics(main_logs):
     # 5 original prompts, 3 succeed; 7 poisoned, 5 succeed; 1 of 12 answers has no <answer> block
     expected = {"original": 0.6, "poisoned": 0.714286, "gap": -0.114286, "format_valid": 0.916667}
     assert {k: m["overall"][k] for k in expected} == expected
+    # every text parses or has no log fields to fall back on: nothing scored from the logs' own verdicts
+    no_fields = {"original": 0, "poisoned": 0}
+    assert m["overall"]["from_log_fields"] == no_fields
+    assert all(f["from_log_fields"] == no_fields for f in [*m["folders"].values(), *m["by_label"].values()])
     assert m["overall"].get("truncated") is None  # a log does not say whether an answer hit the length limit
     assert sorted(m["by_label"]) == ["NV", "TU", "V"]
     assert m["by_label"]["TU"]["n"] == 2
