@@ -10,7 +10,7 @@ is queued as the experiment `seed-<s>` (`dvc exp run --queue -S seed=<s> -n seed
 name on the same commit is replaced) and the queue is run one experiment at a time (`dvc exp run --run-all -j 1`),
 each in its own temporary copy, so the workspace and its outputs stay the default seed's. Then the figures of every
 seed, the workspace's included, are read from the experiments' commits and written to `metrics/seeds.json`, which
-`python -m lawshift.results` turns into the README table's mean and spread. `dvc exp show` lists the experiments.
+`python -m lawshift.results` turns into the README table's mean and spread. `make compare` shows the experiments.
 """
 
 from __future__ import annotations
