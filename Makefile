@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test lint install clean-venv reference seeds
+.PHONY: repro test lint install clean-venv reference seeds compare
 .PHONY: gpu-venv compat-venv gpu-resolve compat-test gpu-set-check gpu-smoke clean-gpu-venvs
 
 $(BIN)/python:
@@ -28,21 +28,27 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
-# The spread over seeds (README, Results; docs/experiments.md): seeds 1-4 as DVC experiments beside the workspace's (run `make repro`
-# first), their figures in metrics/seeds.json, then the README table with mean and min-max. About 12 min on 2 cores.
+# The spread over seeds (README, Results; docs/experiments.md): seeds 1-4 as DVC experiments beside the
+# workspace's (run `make repro` first), their figures in metrics/seeds.json, then the README table with mean and
+# min-max, then `make compare`. About 12 min on 2 cores.
 seeds: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lawshift.seeds
 	$(BIN)/python -m lawshift.results
+	@$(MAKE) --no-print-directory compare
+
+# The workspace, HEAD and HEAD's experiments (make seeds, make reference) side by side in at most 15 columns: the
+# params that differ, each round's acceptance and coverage, each model's train exact and LawShift figures.
+# Other `dvc exp show` options: python -m lawshift.compare -A (lawshift/compare.py).
+compare: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lawshift.compare
 
 # The reference profile (Qwen2.5-0.5B-Instruct, full LawShift, original hyperparameters) on a GPU machine:
 #   make reference LAWSHIFT=/path/to/LawShift
-# It replaces params.yaml with profiles/reference.yaml and runs the pipeline as a DVC experiment.
+# It runs profiles/reference.yaml as the DVC experiment `reference` and puts params.yaml back as it was, also after a
+# failure or Ctrl-C; refused while params.yaml has uncommitted changes (lawshift/reference.py).
 reference: $(STAMP)
 	@test -n "$(LAWSHIFT)" || { echo "usage: make reference LAWSHIFT=/path/to/LawShift"; exit 2; }
-	cp profiles/reference.yaml params.yaml
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run -S 'data.root=$(LAWSHIFT)' \
-		-S 'data.train_articles=$(LAWSHIFT)/criminal_law_articles.json'
-	$(BIN)/python -m lawshift.runinfo
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lawshift.reference '$(LAWSHIFT)'
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
