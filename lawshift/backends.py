@@ -1,14 +1,41 @@
-"""Builds the generation backend a stage asks for: `hf` (transformers, merged adapter) or `vllm` (LoRARequest).
+"""Builds the generation backend a stage asks for: `hf` (transformers, merged adapter) or `vllm` (LoRARequest),
+in this process or as a Ray pool of them.
 
-    backend = make_backend("hf", "models/base", device="cpu", seed=0, max_model_len=2048, adapter="models/round1")
+    backend = open_backend(BackendSpec("hf", "models/base", "cpu", seed=0, max_model_len=2048), workers=2, piece=8)
+    ...
+    close(backend)
 
 The one place a new engine, or a pool of them, plugs in.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
+from pathlib import Path
+
 from lawshift import models
+from lawshift.generation import Backend, BackendSpec
 from lawshift.hf_backend import HFBackend
+
+
+def open_backend(spec: BackendSpec, workers: int = 1, piece: int = 0, cluster: str = "",
+                 ship_models: bool = False) -> Backend:
+    """The backend `spec` names in this process, or with `workers` > 1 a Ray pool of them (lawshift/raypool.py)
+    handing `piece` prompts (0: an even share) of each call to whichever worker is free. Close it with `close`."""
+    if workers <= 1:
+        return make_backend(**asdict(spec))
+    from lawshift.raypool import RayPool  # Ray is imported only when a pool is asked for
+
+    # Workers may run elsewhere (another node, another working directory): they get absolute paths.
+    spec = replace(spec, base=str(Path(spec.base).resolve()),
+                   adapter=spec.adapter and str(Path(spec.adapter).resolve()))
+    return RayPool(make_backend, spec, workers, piece, cluster, ship_models)
+
+
+def close(backend: Backend) -> None:
+    """Let a backend go: a pool's workers end and a Ray it started shuts down."""
+    if hasattr(backend, "close"):
+        backend.close()
 
 
 def make_backend(kind: str, base: str, *, device: str, seed: int, max_model_len: int, adapter: str | None = None,

@@ -24,18 +24,21 @@ from tqdm import tqdm
 
 from lawshift import files, models, paths
 from lawshift.answers import NO_VIOLATION, Answer, gold_term, normalize_charge, parse_answer
-from lawshift.backends import make_backend
+from lawshift.backends import close, open_backend
 from lawshift.codedeps import code_digest
 from lawshift.data import LABELS, SPLITS, ArticleLookup, Case, Folder, discover_folders, load_articles, training_cases
 from lawshift.evalmetrics import TRAIN, compute_metrics
 from lawshift.files import InputError
-from lawshift.generation import Backend, GenerationSettings, call_size, stream_seed
+from lawshift.generation import Backend, BackendSpec, GenerationSettings, call_size, stream_seed
 from lawshift.journal import Journal
 from lawshift.params import Params, to_dict
 from lawshift.prompts import Prompt, load_prompt, render_prompt
+from lawshift.raypool import RequestFailed
 from lawshift.scoring import is_correct, lawshift_success, term_error
 
 log = logging.getLogger(__name__)
+# How the answers are computed, not what they are: a run may resume with another pool (docs/scaling.md).
+POOL_KEYS = ("workers", "cluster", "ship_models")
 
 
 
@@ -199,7 +202,10 @@ def generate_records(backend: Backend, groups: list[list[EvalItem]], settings: G
     with tqdm(total=total, initial=resumed, desc="eval cases", unit="case") as bar:
         for b, group in enumerate(groups):
             if b not in done:
-                results = backend.generate([it.prompt for it in group], settings, [seeds[it.id] for it in group])
+                try:
+                    results = backend.generate([it.prompt for it in group], settings, [seeds[it.id] for it in group])
+                except RequestFailed as err:  # a pool's worker refused one request: name its case, do not hang
+                    raise InputError(group[err.index].id, f"eval failed on a Ray worker: {err.message}") from None
                 recs = [score_answer(it, c.text, j, low, high) | {"finished": c.finished, "num_tokens": c.num_tokens}
                         for it, res in zip(group, results, strict=True) for j, c in enumerate(res.completions)]
                 if partial:
@@ -242,7 +248,8 @@ def run_settings(p: Params, items: Sequence[EvalItem], base: str, adapter: str |
     """Everything that decides the predictions, the code and the label table included: the journal's header.
     `base` is models/base (for a hub model its pointer, which holds every file's sha256), not the folder it points
     to, so the weights are not hashed again."""
-    return {"code": code_digest("eval"), "labels": files.file_digest(LABELS), "eval": to_dict(p.eval), "seed": p.seed,
+    ev = {k: v for k, v in to_dict(p.eval).items() if k not in POOL_KEYS}
+    return {"code": code_digest("eval"), "labels": files.file_digest(LABELS), "eval": ev, "seed": p.seed,
             "prompts": files.json_digest([[it.id, it.prompt] for it in items]), "base": files.model_digest(base),
             "adapter": adapter and files.model_digest(adapter)}
 
@@ -263,17 +270,19 @@ def run(p: Params, name: str) -> Evaluation:
     # Tokenizer and config only: the prompts are built and checked against the context before any weights load.
     tokenizer = models.load_tokenizer(base, p.model.trust_remote_code)
     items, lengths, missing = prompts(p, tokenizer, models.load_config(base, p.model.trust_remote_code))
-    backend = make_backend(e.backend, base, device=e.device, seed=p.seed, adapter=adapter,
-                                  max_model_len=max(lengths) + e.max_new_tokens,
-                                  trust_remote_code=p.model.trust_remote_code, allow_pickle=p.model.allow_pickle,
-                                  tensor_parallel_size=e.tensor_parallel_size,
-                                  gpu_memory_utilization=e.gpu_memory_utilization, batch_invariant=e.batch_invariant)
+    spec = BackendSpec(e.backend, base, e.device, p.seed, max(lengths) + e.max_new_tokens, adapter,
+                       p.model.trust_remote_code, p.model.allow_pickle, e.tensor_parallel_size,
+                       e.gpu_memory_utilization, e.batch_invariant)
+    backend = open_backend(spec, e.workers, 0, e.cluster, e.ship_models)
     k = e.num_samples if e.temperature > 0 else 1  # greedy answers are all the same: one is enough
     settings = GenerationSettings(n=k, temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens)
     partial = PartialLog(where["predictions"] + ".partial", run_settings(p, items, paths.BASE, adapter))
     groups = batches(items, lengths, call_size(e.backend, e.batch_size, e.chunk_size, len(items)))
-    records = list(generate_records(backend, groups, settings, item_seeds(items, p.seed), e.term_low, e.term_high,
-                                    partial))
+    try:
+        records = list(generate_records(backend, groups, settings, item_seeds(items, p.seed), e.term_low,
+                                        e.term_high, partial))
+    finally:
+        close(backend)
     order = {it.id: i for i, it in enumerate(items)}
     records.sort(key=lambda r: (order[r["id"]], r["sample"]))  # file order, not batch order
     partial.journal.close()

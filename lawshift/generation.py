@@ -67,6 +67,23 @@ class PromptResult:
     completions: list[Completion]
 
 
+@dataclass(frozen=True)
+class BackendSpec:
+    """What builds a backend (lawshift.backends.make_backend's arguments): a Ray worker builds its own from it."""
+
+    kind: str  # hf | vllm
+    base: str
+    device: str
+    seed: int
+    max_model_len: int
+    adapter: str | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    batch_invariant: bool = False
+
+
 class Backend(Protocol):
     name: str
 
@@ -75,9 +92,9 @@ class Backend(Protocol):
         ...
 
 
-def call_size(backend: str, batch_size: int, chunk_size: int, count: int) -> int:
-    """Prompts per generate call out of `count`: one padded device batch for `hf`; for `vllm` a whole chunk (0: all
-    of them), which vLLM's scheduler and prefix cache handle better than many small calls."""
+def call_size(backend: str, batch_size: int, chunk_size: int, count: int, workers: int = 1) -> int:
+    """Prompts per generate call out of `count`: one padded device batch for `hf` (one per worker of a pool); for
+    `vllm` a whole chunk (0: all of them), which vLLM's scheduler and prefix cache handle better than small calls."""
     if backend == "vllm":
         return chunk_size or max(count, 1)
-    return batch_size
+    return batch_size * workers

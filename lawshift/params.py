@@ -15,9 +15,6 @@ typed params without checking or re-defaulting them. A broken rule is an `InputE
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from typing import Any
 import yaml
 
 from lawshift.files import InputError, read_text
+from lawshift.typedconfig import build
 
 PARAMS_FILE = "params.yaml"  # what every stage reads (DVC's default params file)
 SAMPLE_BACKENDS = ("hf", "vllm")
@@ -111,6 +109,9 @@ class SampleParams:
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
     batch_invariant: bool = False  # vllm: VLLM_BATCH_INVARIANT=1, answers bitwise independent of batching (slower)
+    workers: int = 1  # >1: a Ray pool of this many engines, this stage its driver (docs/scaling.md)
+    cluster: str = ""  # the Ray cluster to join; "" = RAY_ADDRESS if set, else a local Ray for the workers
+    ship_models: bool = False  # the workers get base and adapter as bytes (nodes without a shared filesystem)
     # Difficulty-aware resampling (DART-Math): after the first num_samples draws, a case with fewer than
     # min_accepted accepted answers draws num_samples more, again and again, up to max_samples draws in all.
     min_accepted: int = 0  # 0 = off: every case gets num_samples draws
@@ -122,7 +123,8 @@ class SampleParams:
         return max(self.max_samples, self.num_samples) if self.min_accepted else self.num_samples
 
     def problems(self) -> list[tuple[str, str]]:
-        out = _at_least(self, 1, "num_samples", "max_new_tokens", "batch_size", "num_shards", "tensor_parallel_size")
+        out = _at_least(self, 1, "num_samples", "max_new_tokens", "batch_size", "num_shards", "tensor_parallel_size",
+                        "workers")
         out += _at_least(self, 0, "chunk_size", "min_accepted", "max_samples") + _memory_share(self)
         if self.max_samples and not self.num_samples <= self.max_samples <= MAX_DRAWS:
             out.append(("max_samples", f"must be 0 or in [num_samples={self.num_samples}, {MAX_DRAWS}], "
@@ -205,9 +207,12 @@ class EvalParams:
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
     batch_invariant: bool = False  # vllm: VLLM_BATCH_INVARIANT=1, answers bitwise independent of batching (slower)
+    workers: int = 1  # >1: a Ray pool of this many engines, this stage its driver (docs/scaling.md)
+    cluster: str = ""  # the Ray cluster to join; "" = RAY_ADDRESS if set, else a local Ray for the workers
+    ship_models: bool = False  # the workers get base and adapter as bytes (nodes without a shared filesystem)
 
     def problems(self) -> list[tuple[str, str]]:
-        out = _at_least(self, 1, "num_samples", "batch_size", "max_new_tokens", "tensor_parallel_size")
+        out = _at_least(self, 1, "num_samples", "batch_size", "max_new_tokens", "tensor_parallel_size", "workers")
         out += _at_least(self, 0, "train_subset", "chunk_size") + _memory_share(self)
         if self.temperature < 0:
             out.append(("temperature", f"must be >= 0 (0 = greedy), got {self.temperature}"))
@@ -269,62 +274,8 @@ class Params:
         return self.rounds[name]
 
 
-def _check_type(value: Any, tp: Any, where: str, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise InputError(path, f"expected a mapping, got {type(value).__name__}", field=where)
-        return _build(tp, value, where, path)
-    if origin is dict:
-        _, item = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise InputError(path, f"expected a mapping, got {type(value).__name__}", field=where)
-        return {str(k): _check_type({} if v is None else v, item, f"{where}.{k}", path) for k, v in value.items()}
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise InputError(path, f"expected a list, got {type(value).__name__}", field=where)
-        return [_check_type(v, item, f"{where}[{i}]", path) for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if arg is type(None) and value is None:
-                return None
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _check_type(value, args[0], where, path)
-    # bool is an int subclass in Python: keep `true` out of int fields and ints out of bool fields.
-    if tp is bool:
-        ok = isinstance(value, bool)
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, tp)
-    if not ok:
-        raise InputError(path, f"expected {tp.__name__}, got {type(value).__name__} {value!r}", field=where)
-    return value
-
-
-def _build(cls: type, raw: dict, prefix: str, path: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        where = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise InputError(path, f"unknown key{hint}", field=where)
-        kwargs[key] = _check_type(value, hints[key], where, path)
-    obj = cls(**kwargs)
-    for key, message in obj.problems() if hasattr(obj, "problems") else ():
-        raise InputError(path, message, field=f"{prefix}.{key}" if prefix else key)
-    return obj
-
-
 def params_from_dict(raw: dict | None, path: str = PARAMS_FILE) -> Params:
-    return _build(Params, raw or {}, "", path)
+    return build(Params, raw or {}, "", path)
 
 
 def load_params(path: str | Path = PARAMS_FILE, overrides: dict | None = None) -> Params:

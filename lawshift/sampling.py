@@ -21,12 +21,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lawshift import files, models, paths
-from lawshift.backends import make_backend
+from lawshift.backends import close, open_backend
 from lawshift.codedeps import code_digest
 from lawshift.data import ArticleLookup, Case, load_articles, training_cases
-from lawshift.generation import Backend, GenerationSettings, PromptResult, call_size, stream_seed
+from lawshift.files import InputError
+from lawshift.generation import Backend, BackendSpec, GenerationSettings, PromptResult, call_size, stream_seed
 from lawshift.params import Params, SampleParams, param_error
 from lawshift.prompts import Prompt, load_prompt, render_prompt
+from lawshift.raypool import RequestFailed
 from lawshift.samples import PartialFile, Tally, case_record, extra_record, tally_metrics
 
 # Settings that change what is generated; device and vLLM memory knobs do not change the records' meaning, nor
@@ -93,6 +95,7 @@ class Job:
     settings: dict  # run_settings(...)
     seed: int  # the run's seed (params `seed`): each case's streams derive from it and the case's index
     family: str = ""  # the round's streams (generation.stream_seed): "" for round1, the round's name after it
+    source: str | Path = "training_set.json"  # where the cases come from: errors name it
 
 
 @dataclass
@@ -114,7 +117,7 @@ class Sampler:
 
     def __init__(self, job: Job, backend: Backend, sp: SampleParams, partial: PartialFile):
         self.job, self.backend, self.sp, self.partial = job, backend, sp, partial
-        self.size = call_size(sp.backend, sp.batch_size, sp.chunk_size, len(job.indices))
+        self.size = call_size(sp.backend, sp.batch_size, sp.chunk_size, len(job.indices), sp.workers)
         self.new_tokens, self.seconds = 0, 0.0
 
     def _generate(self, ks: Sequence[int], n: int, first: int) -> list[PromptResult]:
@@ -122,7 +125,11 @@ class Sampler:
         gen = GenerationSettings(n, self.sp.temperature, self.sp.top_p, self.sp.max_new_tokens)
         seeds = [stream_seed(self.job.seed, self.job.indices[k], self.job.family) + first for k in ks]
         t0 = time.perf_counter()
-        results = self.backend.generate([self.job.prompts[k] for k in ks], gen, seeds)
+        try:
+            results = self.backend.generate([self.job.prompts[k] for k in ks], gen, seeds)
+        except RequestFailed as err:  # a pool's worker refused one request: name its case, do not hang
+            raise InputError(self.job.source, f"sampling failed on a Ray worker: {err.message}",
+                             index=self.job.indices[ks[err.index]]) from None
         self.seconds += time.perf_counter() - t0
         return results
 
@@ -224,10 +231,12 @@ def run(p: Params, round_name: str) -> tuple[dict, dict]:
     # already checked by resolve_base, so the weights are not hashed a second time.
     settings = run_settings(sp, paths.BASE, train_file, p.data.train_articles, prompts, p.seed, adapter, family)
     indices, prompts = longest_first(indices, prompts, lengths)
-    backend = make_backend(sp.backend, base, device=sp.device, seed=p.seed, max_model_len=needed, adapter=adapter,
-                           trust_remote_code=p.model.trust_remote_code, allow_pickle=p.model.allow_pickle,
-                           tensor_parallel_size=sp.tensor_parallel_size,
-                           gpu_memory_utilization=sp.gpu_memory_utilization, batch_invariant=sp.batch_invariant)
+    spec = BackendSpec(sp.backend, base, sp.device, p.seed, needed, adapter, p.model.trust_remote_code,
+                       p.model.allow_pickle, sp.tensor_parallel_size, sp.gpu_memory_utilization, sp.batch_invariant)
+    backend = open_backend(spec, sp.workers, sp.batch_size if sp.backend == "hf" else 0, sp.cluster, sp.ship_models)
     out = output_path(sp, paths.round_files(round_name)["samples"])
-    stats = sample(Job(cases, indices, prompts, settings, p.seed, family), backend, sp, out)
+    try:
+        stats = sample(Job(cases, indices, prompts, settings, p.seed, family, train_file), backend, sp, out)
+    finally:
+        close(backend)
     return metrics(stats, lookup.missing), run_info(stats, backend.name, str(backend.device))
