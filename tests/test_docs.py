@@ -22,7 +22,8 @@ PYTHON_M = re.compile(r"python -m ((?:lawshift|benchmarks)(?:\.\w+)?)(?: ([a-z_|
 DVC_STAGE = re.compile(r"\bdvc (?:repro|commit|status)(?: -f)* ([a-z_]+(?:@[\w<>]+)?)")
 AT_STAGE = re.compile(r"`([a-z_]+)@(?:round\d+|<round>|<model>)")
 PARAM = re.compile(r"(?<![\w/.<-])((?:seed|data|model|sample|filter|train|eval|rounds)(?:\.[\w<>*]+)+)")
-FILE = re.compile(r"(?<![=\w/])((?:stages|lawshift|benchmarks|tests|docs|prompts|profiles)/[\w/.-]+\.(?:py|md|yaml|json))\b")
+FILE = re.compile(r"(?<![=\w/])((?:stages|lawshift|benchmarks|tests|docs|prompts|profiles)/[\w/.-]+"
+                  r"\.(?:py|md|yaml|json))\b")
 NOT_KEYS = {"json", "jsonl", "csv", "py", "yaml", "md", "tsv"}  # `filter.json` is a file, not a key
 
 
