@@ -39,6 +39,7 @@ from lawshift.scoring import is_correct, lawshift_success, term_error
 log = logging.getLogger(__name__)
 # How the answers are computed, not what they are: a run may resume with another pool (docs/scaling.md).
 POOL_KEYS = ("workers", "cluster", "ship_models")
+SHARD_KEYS = ("shard_index", "num_shards")  # a shard's own; the shards of one run share everything else
 
 
 
@@ -224,7 +225,8 @@ class Evaluation:
     records: list[dict]  # every answer, scored, in item order
     metrics: dict
     note: str  # for the report: prompts, answers per prompt, missing article ids
-    partial: PartialLog  # removed by the stage once the outputs are written
+    partial: PartialLog | None  # removed by the stage once the outputs are written
+    shard: dict | None = None  # a shard's header: the whole run's settings, every prompt id in order, k, missing
 
 
 def prompts(p: Params, tokenizer, config) -> tuple[list[EvalItem], list[int], int]:
@@ -244,11 +246,12 @@ def prompts(p: Params, tokenizer, config) -> tuple[list[EvalItem], list[int], in
     return items, lengths, missing + train_missing
 
 
-def run_settings(p: Params, items: Sequence[EvalItem], base: str, adapter: str | None) -> dict:
+def run_settings(p: Params, items: Sequence[EvalItem], base: str, adapter: str | None,
+                 leave_out: Sequence[str] = POOL_KEYS) -> dict:
     """Everything that decides the predictions, the code and the label table included: the journal's header.
     `base` is models/base (for a hub model its pointer, which holds every file's sha256), not the folder it points
     to, so the weights are not hashed again."""
-    ev = {k: v for k, v in to_dict(p.eval).items() if k not in POOL_KEYS}
+    ev = {k: v for k, v in to_dict(p.eval).items() if k not in leave_out}
     return {"code": code_digest("eval"), "labels": files.file_digest(LABELS), "eval": ev, "seed": p.seed,
             "prompts": files.json_digest([[it.id, it.prompt] for it in items]), "base": files.model_digest(base),
             "adapter": adapter and files.model_digest(adapter)}
@@ -276,11 +279,16 @@ def run(p: Params, name: str) -> Evaluation:
     backend = open_backend(spec, e.workers, 0, e.cluster, e.ship_models)
     k = e.num_samples if e.temperature > 0 else 1  # greedy answers are all the same: one is enough
     settings = GenerationSettings(n=k, temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens)
-    partial = PartialLog(where["predictions"] + ".partial", run_settings(p, items, paths.BASE, adapter))
+    seeds = item_seeds(items, p.seed)  # by position in the whole evaluation: a shard keeps every prompt's streams
+    shard = {"settings": run_settings(p, items, paths.BASE, adapter, POOL_KEYS + SHARD_KEYS),
+             "ids": [it.id for it in items], "k": k, "missing": missing} if e.num_shards > 1 else None
+    mine = range(e.shard_index, len(items), e.num_shards)
+    items, lengths = [items[i] for i in mine], [lengths[i] for i in mine]
+    out = paths.shard_file(where["predictions"], e.shard_index, e.num_shards)
+    partial = PartialLog(out + ".partial", run_settings(p, items, paths.BASE, adapter))
     groups = batches(items, lengths, call_size(e.backend, e.batch_size, e.chunk_size, len(items)))
     try:
-        records = list(generate_records(backend, groups, settings, item_seeds(items, p.seed), e.term_low,
-                                        e.term_high, partial))
+        records = list(generate_records(backend, groups, settings, seeds, e.term_low, e.term_high, partial))
     finally:
         close(backend)
     order = {it.id: i for i, it in enumerate(items)}
@@ -288,4 +296,4 @@ def run(p: Params, name: str) -> Evaluation:
     partial.journal.close()
     note = (f"{len(items)} prompts, {k} answer(s) each; {missing} cited article id(s) not found in the articles "
             "files (left out of the prompts)")
-    return Evaluation(records, compute_metrics(records, k), note, partial)
+    return Evaluation(records, compute_metrics(records, k), note, partial, shard)

@@ -203,6 +203,8 @@ class EvalParams:
     term_low: int = 36  # months: the protocol's 3-year threshold
     term_high: int = 120  # months: the protocol's 10-year threshold
     train_subset: int = 64  # training cases for the train-set exact-answer check
+    shard_index: int = 0  # with num_shards > 1 this process evaluates prompts shard_index, +num_shards, ...
+    num_shards: int = 1  # then `python -m lawshift.evalmerge` joins the shards (docs/scaling.md)
     chunk_size: int = 1024  # vllm: prompts per LLM.generate call, saved when it returns; 0 = all of them
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
@@ -212,7 +214,8 @@ class EvalParams:
     ship_models: bool = False  # the workers get base and adapter as bytes (nodes without a shared filesystem)
 
     def problems(self) -> list[tuple[str, str]]:
-        out = _at_least(self, 1, "num_samples", "batch_size", "max_new_tokens", "tensor_parallel_size", "workers")
+        out = _at_least(self, 1, "num_samples", "batch_size", "max_new_tokens", "tensor_parallel_size", "workers",
+                        "num_shards")
         out += _at_least(self, 0, "train_subset", "chunk_size") + _memory_share(self)
         if self.temperature < 0:
             out.append(("temperature", f"must be >= 0 (0 = greedy), got {self.temperature}"))
@@ -222,6 +225,8 @@ class EvalParams:
             out.append(("term_high", f"needs 0 <= term_low <= term_high, got {self.term_low}, {self.term_high}"))
         if self.backend not in EVAL_BACKENDS:
             out.append(("backend", f"unknown backend {self.backend!r}, expected one of {EVAL_BACKENDS}"))
+        if not 0 <= self.shard_index < self.num_shards:
+            out.append(("shard_index", f"must be in [0, num_shards={self.num_shards}), got {self.shard_index}"))
         return out
 
 

@@ -44,6 +44,14 @@ EVAL = {
 BASE_MODEL = "base"  # the eval name of the untrained base
 
 
+def shard_file(out: str, index: int, num_shards: int) -> str:
+    """Shard `index` of `num_shards`'s own file beside `out` (`out` itself when unsharded)."""
+    if num_shards == 1:
+        return out
+    stem, dot, suffix = out.rpartition(".")
+    return f"{stem}.shard{index}-of-{num_shards}{dot}{suffix}"
+
+
 def round_files(name: str) -> dict[str, str]:
     """The files of round `name`: ROUND with the round's name filled in."""
     return {key: template.format(name=name) for key, template in ROUND.items()}

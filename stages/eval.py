@@ -1,34 +1,53 @@
 """Stage `eval@<model>`: LawShift success on both splits, plus the train-set check, for one model.
 
-`base` is models/base as it is; `round1`, `round2`, ... are models/base with that round's adapter models/<round>
-(the files: lawshift/paths.py EVAL). Writes outputs/<model>/predictions.jsonl (every answer, parsed and scored),
-metrics/<model>/eval.json (mean, pass@k and majority vote over eval.num_samples draws), reports/eval_<model>.md and
-the plot CSVs plots/<model>/eval_{folders,term_errors}.csv. An interrupted run continues from
-outputs/<model>/predictions.jsonl.partial. The protocol: lawshift/evaluation.py.
+`base` is models/base as it is; `round1`, `round2`, ... are models/base with that round's adapter models/<round>.
+Writes outputs/<model>/predictions.jsonl, metrics/<model>/eval.json, reports/eval_<model>.md and the plot CSVs; an
+interrupted run continues from its partial predictions. The protocol: lawshift/evaluation.py.
 
-    python stages/eval.py base       # normally: dvc repro eval@base (or eval@round1, ...)
+    python stages/eval.py base                                   # normally: dvc repro eval@base (or eval@round1)
+    python stages/eval.py base --shard-index 0 --num-shards 4    # one shard; then python -m lawshift.evalmerge
 """
 
+import argparse
 import sys
 
-from lawshift import evaluation, files, models, paths
+from lawshift import evalmerge, evaluation, files, models, paths
 from lawshift.params import load_params
 from lawshift.report import write_outputs
 from lawshift.runinfo import StageClock
 
 
-def main(name: str | None = None) -> None:
-    name = name or (sys.argv[1] if len(sys.argv) > 1 else "")
-    p = load_params()
+def arguments(argv: list[str]) -> tuple[str, dict]:
+    """The model, and the shard overrides of `eval.*`."""
+    ap = argparse.ArgumentParser(prog="stages/eval.py", description="the eval stage of one model")
+    ap.add_argument("model", nargs="?", default="", help="base, round1, round2, ...")
+    ap.add_argument("--shard-index", type=int, help="this process's shard (overrides eval.shard_index)")
+    ap.add_argument("--num-shards", type=int, help="shards of the run (overrides eval.num_shards)")
+    args = ap.parse_args(argv)
+    shard = {k: v for k, v in (("shard_index", args.shard_index), ("num_shards", args.num_shards)) if v is not None}
+    return args.model, shard
+
+
+def main(model: str | None = None) -> None:
+    name, shard = arguments(sys.argv[1:] if model is None else [model])
+    p = load_params(overrides={"eval": shard})
     models.offline_env()
     clock = StageClock()
     result = evaluation.run(p, name)
-    write_outputs(name, result)
+    where, e = paths.eval_files(name), p.eval
+    if e.num_shards > 1:
+        evalmerge.write_shard(paths.shard_file(where["predictions"], e.shard_index, e.num_shards), e.shard_index,
+                              e.num_shards, result)
+    else:
+        write_outputs(name, result)
     result.partial.remove()
-    info = clock.write(paths.eval_files(name)["time"])
+    info = clock.write(paths.shard_file(where["time"], e.shard_index, e.num_shards))
     m = result.metrics
     print(f"eval@{name}: overall {m['overall']}, train_exact {m['train_exact']} (pass@{m['k']} "
           f"{m['train_pass_at_k']}, majority {m['train_majority']}) ({info})")
+    if e.num_shards > 1:
+        print(f"eval@{name}: shard {e.shard_index} of {e.num_shards} done; once all are: "
+              f"python -m lawshift.evalmerge --model {name}")
 
 
 if __name__ == "__main__":
