@@ -14,3 +14,5 @@ import os
 # The caller's environment, taken before any import adds to it (lawshift sets its numerics and GPU settings, vLLM
 # its own): the GPU smoke run starts every stage from this, as `dvc repro` would from the user's shell.
 SHELL_ENV = dict(os.environ)
+
+import lawshift  # noqa: E402, F401  (after SHELL_ENV, before any benchmark imports torch: the numerics pins)

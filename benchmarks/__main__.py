@@ -18,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from benchmarks import gpu_smoke, sampling, train
+from benchmarks import driver, gpu_smoke, sampling, scaleout, train
 from benchmarks.common import PROG, write_entry
 from lawshift import files
 
@@ -29,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
     sampling.add_parser(sub)
     train.add_parser(sub)
     gpu_smoke.add_parser(sub)
+    driver.add_parser(sub)
+    scaleout.add_parser(sub)
     return ap
 
 

@@ -76,6 +76,15 @@ STEPS = (
     Step("sample@round2", "sample", ("round2",), backend="vllm+lora", metrics=R2["sample_metrics"],
          time_file=R2["sample_time"]),
 )
+# With 2 GPUs or more: round 2's sampling again, on a Ray pool of two vLLM engines (docs/scaling.md).
+TWO_WORKERS = Step("sample@round2", "sample", ("round2",), backend="vllm+lora x2", metrics=R2["sample_metrics"],
+                   time_file=R2["sample_time"], params={"sample": {"workers": 2}})
+
+
+def steps(gpus: int) -> tuple[Step, ...]:
+    return (*STEPS, TWO_WORKERS) if gpus >= 2 else STEPS
+
+
 # The key results of each stage's metrics file: (label, keys into the JSON).
 RESULTS = {
     "base": (("warmup_loss_last", ("warmup_loss_last",)),),
@@ -187,10 +196,11 @@ def run_step(project: Path, step: Step, env: dict, poll: bool, timeout: int) -> 
     return row
 
 
-def run_steps(project: Path, result: dict, poll: bool, timeout: int) -> None:
+def run_steps(project: Path, result: dict, poll: bool, timeout: int, gpus: int = 0) -> None:
     env = stage_env(project)
-    for i, step in enumerate(STEPS, 1):
-        print(f"[{i}/{len(STEPS)}] {step.name} ({step.backend}) ...", end=" ", flush=True)
+    todo = steps(gpus)
+    for i, step in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {step.name} ({step.backend}) ...", end=" ", flush=True)
         try:
             row = run_step(project, step, env, poll, timeout)
         except StageFailed:
@@ -276,7 +286,8 @@ def run(args: argparse.Namespace) -> int:
     result["params"] = set_params(project, smoke_params(args))
     start = time.perf_counter()
     try:
-        run_steps(project, result, poll=not args.allow_cpu, timeout=args.stage_timeout)
+        run_steps(project, result, poll=not args.allow_cpu, timeout=args.stage_timeout,
+                  gpus=0 if args.allow_cpu else len(gpu_names()))
     except StageFailed as err:
         print(err, file=sys.stderr, flush=True)
         result["error"] = str(err)

@@ -30,7 +30,8 @@ def pin() -> bool:
     if "torch" in sys.modules:
         print("lawshift: torch was imported before lawshift; the CPU numerics pins hold only if no torch operation "
               "has run yet (import lawshift first)", file=sys.stderr)
-    os.environ.update(PINS)
+    threads = os.environ.get("LAWSHIFT_THREADS", str(THREADS))  # a Ray worker's share (python -m benchmarks scaleout)
+    os.environ.update(PINS | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
     _state["pinned"] = True
     return True
 
@@ -41,7 +42,7 @@ def configure_torch() -> None:
 
     if not _state["pinned"]:
         return
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     if not torch.cuda.is_available():
         torch.use_deterministic_algorithms(True, warn_only=True)
 

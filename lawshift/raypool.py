@@ -22,6 +22,8 @@ from pathlib import Path
 from lawshift import reaper
 from lawshift.generation import BackendSpec, GenerationSettings, PromptResult
 
+START_TIMEOUT = 900  # seconds for every worker to load its model
+
 
 class RequestFailed(RuntimeError):
     """A request of a `generate` call failed on its worker: `index` is its position among the call's prompts."""
@@ -119,12 +121,17 @@ class RayPool:
         self.spec, self.piece = spec, piece
         self.name = f"{spec.kind}×{workers}"
         self.started = connect(workers, cluster)
-        gpus = spec.tensor_parallel_size if spec.kind == "vllm" else int(spec.device.startswith("cuda"))
+        wants = spec.tensor_parallel_size if spec.kind == "vllm" else int(spec.device.startswith("cuda"))
+        gpus = wants if ray.cluster_resources().get("GPU", 0) else 0  # a CPU-only cluster runs them on CPU
         actor = ray.remote(Worker).options(num_cpus=1, num_gpus=gpus, max_restarts=0)
         shipped = {"base": pack(spec.base), "adapter": pack(spec.adapter)} if ship_models else None
         shipped_ref = ray.put(shipped) if shipped else None
         self.workers = [actor.remote(factory, spec, shipped_ref) for _ in range(workers)]
-        self.pids = ray.get([w.pid.remote() for w in self.workers])  # every engine is up before the first call
+        try:  # every engine is up before the first call
+            self.pids = ray.get([w.pid.remote() for w in self.workers], timeout=START_TIMEOUT)
+        except ray.exceptions.GetTimeoutError:
+            raise RuntimeError(f"the {workers} Ray workers did not start within {START_TIMEOUT} s: does the cluster "
+                               f"have {workers} x {gpus} GPU(s) free? (`ray status`)") from None
         self.device = ray.get(self.workers[0].device.remote())
 
     def generate(self, prompts: list[str], settings: GenerationSettings, seeds: Sequence[int]) -> list[PromptResult]:

@@ -9,7 +9,6 @@ The record format and the journal's rules are in docs/pipeline.md (sample).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,8 @@ from lawshift.scoring import is_correct
 # --- records and counters ----------------------------------------------------------------------------------------
 
 def parse_dict(text: str) -> dict | None:
-    answer = parse_answer(text)
-    return None if answer is None else dataclasses.asdict(answer)
+    answer = parse_answer(text)  # the dict by hand: dataclasses.asdict deep-copies, a third of the driver's time
+    return None if answer is None else {"verdict": answer.verdict, "charge": answer.charge, "term": answer.term}
 
 
 def answer_dicts(result: PromptResult) -> list[dict]:

@@ -24,7 +24,7 @@ AT_STAGE = re.compile(r"`([a-z_]+)@(?:round\d+|<round>|<model>)")
 PARAM = re.compile(r"(?<![\w/.<-])((?:seed|data|model|sample|filter|train|eval|rounds)(?:\.[\w<>*]+)+)")
 FILE = re.compile(r"(?<![=\w/])((?:stages|lawshift|benchmarks|tests|docs|prompts|profiles)/[\w/.-]+"
                   r"\.(?:py|md|yaml|json))\b")
-NOT_KEYS = {"json", "jsonl", "csv", "py", "yaml", "md", "tsv"}  # `filter.json` is a file, not a key
+NOT_KEYS = {"json", "jsonl", "csv", "py", "yaml", "md", "tsv", "sbatch"}  # `filter.json` is a file, not a key
 
 
 def doc_text(path: Path) -> str:

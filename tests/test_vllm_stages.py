@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ENV, EV, R1, REPO, read_json, run_stage
+from conftest import ENV, EV, R1, REPO, read_json, run_stage, set_params
 
 from lawshift import paths
 from lawshift.generation import stream_seed
@@ -133,6 +133,23 @@ def test_sample_filter_train_eval_through_vllm(vllm_project, tmp_path):
     r1_seeds = {s for r in events(log, "generate")[0]["requests"] for s in r["child_seeds"]}
     assert not r1_seeds & {s for c in r2_calls for r in c["requests"] for s in r["child_seeds"]}
     assert read_json(root / paths.round_files("round2")["sample_metrics"])["cases"] == 8
+
+    # --- round 2 again through a Ray pool of two stand-in engines: the same records, every request its seeds and
+    # its LoRARequest (the driver computes the seeds; the adapter reaches the workers by absolute path)
+    r2 = paths.round_files("round2")["samples"]
+    one = (root / r2).read_bytes()
+    (root / r2).unlink()
+    pool_log = tmp_path / "pool.jsonl"
+    set_params(root, {"sample": {"workers": 2}})
+    ok(run_stage(root, "sample", "round2", env=vllm_env(pool_log)))
+    assert (root / r2).read_bytes() == one
+    inits = events(pool_log, "init")
+    assert len(inits) == 2 and all(i["enable_lora"] and i["max_lora_rank"] == 8 for i in inits)
+    pool_calls = events(pool_log, "generate")
+    assert sorted(c["prompts"] for c in pool_calls) == [1, 1, 1, 1, 2, 2]  # chunks 3, 3, 2: pieces 2+1, 2+1, 1+1
+    assert all(r["lora_path"] == str((root / R1["adapter"]).resolve()) for c in pool_calls for r in c["requests"])
+    seeds = {r["prompt"]: r["child_seeds"] for c in r2_calls for r in c["requests"]}
+    assert {r["prompt"]: r["child_seeds"] for c in pool_calls for r in c["requests"]} == seeds
 
 
 def test_allow_pickle_reaches_vllm_as_load_format(vllm_project, tmp_path):
