@@ -27,7 +27,7 @@ reference did (`total_accepted`, `acceptance_rate`, `avg_correct_per_sample`; id
 `format_error_rate`, `truncated` and `truncated_correct`; coverage (cases with an accepted answer) after the first
 draws and after resampling (`coverage_first`, `coverage`), `trained_coverage` (cases the training data holds,
 earlier rounds' answers included) and `kept_previous`.
-`plots/<round>/filter_accepted.csv` (`accepted,cases`): how many cases have 0..N accepted answers.
+`plots/filter_accepted/<round>.csv` (`accepted,cases`): how many cases have 0..N accepted answers, N ascending.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ names the settings that changed. After a successful run the checkpoints are remo
 Logging. TensorBoard event files go to `logs/<round>/` (git-ignored); DVCLive writes `dvclive/<round>/` through
 transformers' `DVCLiveCallback` with `dvcyaml=False` (dvc.yaml is never rewritten) and `save_dvc_exp=False`, at
 x = the optimizer step: `dvclive/<round>/plots/metrics/loss.tsv` and `learning_rate.tsv` are the loss and lr curves
-that `dvc.yaml` declares as plots. On resume both logs drop what was logged after the resumed checkpoint.
+(DVC outputs; stages/train.py copies them to plots/train_curves/<round>.csv for the charts). On resume both logs
+drop what was logged after the resumed checkpoint.
 
 Metrics (`metrics/<round>/train.json`): `loss_first` / `loss_last` (the logged step loss of the first step and the
 mean of the last logging window, which always ends at the final step), `train_loss` (mean over this run's steps),

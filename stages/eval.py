@@ -3,7 +3,7 @@
 `base` is models/base as it is; `round1`, `round2`, ... are models/base with that round's adapter models/<round>
 (the files: lawshift/paths.py EVAL). Writes outputs/<model>/predictions.jsonl (every answer, parsed and scored),
 metrics/<model>/eval.json (mean, pass@k and majority vote over eval.num_samples draws), reports/eval_<model>.md and
-the plot CSVs plots/<model>/eval_{folders,term_errors}.csv. An interrupted run continues from
+the plot CSVs plots/eval_{folders,term_errors}/<model>.csv. An interrupted run continues from
 outputs/<model>/predictions.jsonl.partial. The protocol: lawshift/evaluation.py.
 
     python stages/eval.py base       # normally: dvc repro eval@base (or eval@round1, ...)
