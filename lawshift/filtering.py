@@ -5,7 +5,7 @@
 Re-parses every sampled answer (a parser change reruns filter -> train -> eval, never sampling) and accepts it when
 it is finished and `scoring.is_correct` holds within `filter.term_tolerance`. Per case: duplicates dropped
 (`filter.dedup`), then each of its n accepted answers weighted 1/n (`filter.weighting`), so every case counts once.
-Writes outputs/<round>/sft.jsonl, metrics/<round>/filter.json and plots/<round>/filter_accepted.csv;
+Writes outputs/<round>/sft.jsonl, metrics/<round>/filter.json and plots/filter_accepted/<round>.csv;
 docs/pipeline.md (filter) lists every field.
 """
 

@@ -3,7 +3,8 @@
 dvc.yaml loads this file as `vars` (DVC reads its plain assignments of literals and skips the functions below; it
 never runs the file), so `${BASE}` there and `paths.BASE` here are the same string. A round's and an evaluated
 model's files are templates: dvc.yaml spells them with the stage's `${key}` in place of `{name}` (tests/test_dvc.py
-checks that the two agree), the code formats them with `round_files` / `eval_files`.
+checks that the two agree), the code formats them with `round_files` / `eval_files`. Their plot files go to one
+folder per kind (plots/<kind>/<name>.csv), which the charts stage joins into CHARTS, one file per chart.
 """
 
 # base
@@ -20,10 +21,11 @@ ROUND = {
     "sample_time": "metrics/time/{name}/sample.json",
     "sft": "outputs/{name}/sft.jsonl",
     "filter_metrics": "metrics/{name}/filter.json",
-    "filter_plot": "plots/{name}/filter_accepted.csv",
+    "filter_plot": "plots/filter_accepted/{name}.csv",
     "filter_time": "metrics/time/{name}/filter.json",
     "adapter": "models/{name}",
     "train_metrics": "metrics/{name}/train.json",
+    "train_plot": "plots/train_curves/{name}.csv",  # loss and lr per step: DVCLive's curves, timestamps dropped
     "train_time": "metrics/time/{name}/train.json",
     "checkpoints": "checkpoints/{name}",
     "live": "dvclive/{name}",
@@ -37,11 +39,21 @@ EVAL = {
     "predictions": "outputs/{name}/predictions.jsonl",
     "metrics": "metrics/{name}/eval.json",
     "report": "reports/eval_{name}.md",
-    "folders_plot": "plots/{name}/eval_folders.csv",
-    "term_errors_plot": "plots/{name}/eval_term_errors.csv",
+    "folders_plot": "plots/eval_folders/{name}.csv",
+    "term_errors_plot": "plots/eval_term_errors/{name}.csv",
     "time": "metrics/time/{name}/eval.json",
 }
 BASE_MODEL = "base"  # the eval name of the untrained base
+
+# The charts (dvc.yaml's top-level `plots`), one per kind over every model: the charts stage joins the per-model
+# files of `folder` (ROUND's and EVAL's *_plot files of that kind) into `chart`. It depends on the folders, not on
+# each file, so a new round needs no change to it.
+CHARTS = {
+    "eval_folders": {"folder": "plots/eval_folders", "chart": "plots/eval_folders.csv"},
+    "eval_term_errors": {"folder": "plots/eval_term_errors", "chart": "plots/eval_term_errors.csv"},
+    "filter_accepted": {"folder": "plots/filter_accepted", "chart": "plots/filter_accepted.csv"},
+    "train_curves": {"folder": "plots/train_curves", "chart": "plots/train_curves.csv"},
+}
 
 
 def shard_file(out: str, index: int, num_shards: int) -> str:

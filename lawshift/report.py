@@ -2,7 +2,7 @@
 
     table = folder_table(metrics)                        # one row per folder plus an overall row
     text = report_markdown("base", metrics, records)     # reports/eval_<model>.md
-    folder_plot(metrics), term_error_plot(records)   # plots/<model>/eval_*.csv
+    folder_plot(metrics), term_error_plot(records)   # plots/eval_{folders,term_errors}/<model>.csv
     write_outputs("base", evaluation)                # all of an eval stage's outputs (paths.eval_files), atomically
 
 Model text is escaped before it reaches markdown: a `|` or a newline in an answer would otherwise break the
@@ -91,8 +91,8 @@ def report_markdown(model: str, metrics: dict, records: Sequence[dict], notes: S
 
 
 def folder_plot(metrics: dict) -> pd.DataFrame:
-    """Long rows for the per-folder success plot: one bar per folder and split (`bar`); dvc.yaml puts each
-    model's file in its own column of one chart."""
+    """Long rows for the per-folder success chart: one bar per folder and split (`bar`); the charts stage joins
+    every model's rows into one file (lawshift/charts.py)."""
     rows = [{"bar": f"{name} · {split}", "folder": name, "split": split, "accuracy": f[split]}
             for name, f in metrics["folders"].items() for split in ("original", "poisoned")]
     return pd.DataFrame(rows, columns=["bar", "folder", "split", "accuracy"])

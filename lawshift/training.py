@@ -6,8 +6,8 @@
 Reads outputs/<round>/sft.jsonl (encoded by lawshift/sftdata.py, objective in lawshift/objective.py), loads the
 base in 4-bit NF4 (or plain LoRA with `train.load_in_4bit: false`), trains a fresh adapter from the base, and
 writes it atomically to models/<round>/. Checkpoints in checkpoints/<round>/ resume a killed run when the settings
-match; TensorBoard logs go to logs/<round>/, DVCLive's to dvclive/<round>/. docs/pipeline.md (train) has the
-optimizer, resume and metrics details.
+match; TensorBoard logs go to logs/<round>/, DVCLive's to dvclive/<round>/ (its curves also to
+plots/train_curves/<round>.csv). docs/pipeline.md (train) has the optimizer, resume and metrics details.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Stage `eval@<model>`: LawShift success on both splits, plus the train-set check, for one model.
 
 `base` is models/base as it is; `round1`, `round2`, ... are models/base with that round's adapter models/<round>.
-Writes outputs/<model>/predictions.jsonl, metrics/<model>/eval.json, reports/eval_<model>.md and the plot CSVs; an
-interrupted run continues from its partial predictions. The protocol: lawshift/evaluation.py.
+Writes outputs/<model>/predictions.jsonl, metrics/<model>/eval.json, reports/eval_<model>.md and
+plots/eval_*/<model>.csv; an interrupted run continues from its partial predictions. The protocol:
+lawshift/evaluation.py.
 
     python stages/eval.py base                                   # normally: dvc repro eval@base (or eval@round1)
     python stages/eval.py base --shard-index 0 --num-shards 4    # one shard; then python -m lawshift.evalmerge

@@ -62,7 +62,7 @@ def test_declared_outputs_are_resolved_paths():
                                                                       "term_errors_plot", "metrics", "time")}
     live = f"{R1['live']}/plots/metrics"
     assert set(declared_outputs("train")) == {R1["adapter"], f"{live}/loss.tsv", f"{live}/learning_rate.tsv",
-                                              R1["train_metrics"], R1["train_time"]}
+                                              R1["train_plot"], R1["train_metrics"], R1["train_time"]}
     for stage in STAGE_NAMES:
         outs = declared_outputs(stage)
         assert outs and not any("${" in out for out in outs), (stage, outs)

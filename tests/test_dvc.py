@@ -5,6 +5,8 @@
   without a dvc.yaml dep fails here, so a code change can never leave a stale result that DVC thinks is current.
 * Paths: dvc.yaml loads lawshift/paths.py as vars, and each stage's outs and metrics are exactly the paths the
   code writes (read through DVC's own resolver, so the `${…}` interpolation is checked too).
+* Charts: one top-level chart per kind, drawn from the charts stage's files, which join every model's file of
+  that kind: the stage depends on the folders that hold exactly those, so it covers every round of `rounds`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ ROUNDS = ("round1", "round2")  # the repository's params.yaml
 
 
 def test_every_stage_is_resolved(stages):
-    assert set(stages) == {"base", "eval_base",
+    assert set(stages) == {"base", "eval_base", "charts",
                            *(f"{s}@{r}" for r in ROUNDS for s in ("sample", "filter", "train", "eval"))}
 
 
@@ -67,7 +69,7 @@ def _round_outputs(r: str) -> list[tuple[str, set, set]]:
     live = f"{f['live']}/plots/metrics"
     return [(f"sample@{r}", {f["samples"]}, {f["sample_metrics"], f["sample_time"]}),
             (f"filter@{r}", {f["sft"], f["filter_plot"]}, {f["filter_metrics"], f["filter_time"]}),
-            (f"train@{r}", {f["adapter"], f"{live}/loss.tsv", f"{live}/learning_rate.tsv"},
+            (f"train@{r}", {f["adapter"], f"{live}/loss.tsv", f"{live}/learning_rate.tsv", f["train_plot"]},
              {f["train_metrics"], f["train_time"]}),
             (f"eval@{r}", {e["predictions"], e["report"], e["folders_plot"], e["term_errors_plot"]},
              {e["metrics"], e["time"]})]
@@ -81,6 +83,7 @@ BASE_EVAL = paths.eval_files("base")
     ("eval_base", {BASE_EVAL["predictions"], BASE_EVAL["report"], BASE_EVAL["folders_plot"],
                    BASE_EVAL["term_errors_plot"]}, {BASE_EVAL["metrics"], BASE_EVAL["time"]}),
     *[row for r in ROUNDS for row in _round_outputs(r)],
+    ("charts", {c["chart"] for c in paths.CHARTS.values()}, set()),
 ])
 def test_outs_and_metrics_are_the_paths_the_code_writes(stages, name, outs, metrics):
     """dvc.yaml spells a round's files with `${key}`; lawshift/paths.py's templates give the same paths."""
@@ -113,12 +116,64 @@ def test_dvc_yaml_reads_paths_from_the_module_dvc_can_read():
 
 
 def test_top_level_metrics_name_files_no_stage_writes(stages):
-    """The stages declare their own metrics and plots (their number follows the rounds); the top level adds only
-    the benchmark's file."""
+    """The stages declare their own metrics (their number follows the rounds); the top level adds only the
+    benchmark's file."""
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
     declared = set().union(*(outs | metrics for _, _, outs, metrics in stages.values()))
     assert spec["metrics"] == ["metrics/bench.json"] and "metrics/bench.json" not in declared
-    assert "plots" not in spec
+
+
+def _per_model_plots(rounds) -> dict[str, set[str]]:
+    """Each kind's per-model files for the base and `rounds`, as the code names them."""
+    models = ["base", *rounds]
+    return {"eval_folders": {paths.eval_files(m)["folders_plot"] for m in models},
+            "eval_term_errors": {paths.eval_files(m)["term_errors_plot"] for m in models},
+            "filter_accepted": {paths.round_files(r)["filter_plot"] for r in rounds},
+            "train_curves": {paths.round_files(r)["train_plot"] for r in rounds}}
+
+
+def test_charts_stage_depends_on_folders_holding_every_models_plot_file(stages):
+    """The charts stage reads whole folders (lawshift/charts.py); each holds exactly the per-model files of its
+    kind that the stages write, for the base and every round, so DVC runs it after all of them."""
+    from dvc.repo import Repo
+
+    per_model = _per_model_plots(ROUNDS)
+    assert set(per_model) == set(paths.CHARTS)
+    deps = stages["charts"][1]
+    assert {c["folder"] for c in paths.CHARTS.values()} <= deps
+    written = set().union(*(outs for name, (_, _, outs, _) in stages.items() if name != "charts"))
+    for kind, where in paths.CHARTS.items():
+        inside = {p for p in written if p.startswith(where["folder"] + "/")}
+        assert inside == per_model[kind], kind
+    with Repo(str(REPO)) as repo:
+        graph = repo.index.graph
+        charts = next(s for s in graph if s.addressing == "charts")
+        upstream = {s.addressing for s in graph.successors(charts)}
+    assert upstream == {"eval_base", *(f"{s}@{r}" for r in ROUNDS for s in ("filter", "train", "eval"))}
+
+
+def test_one_chart_per_kind_from_the_charts_stage_and_no_per_model_charts():
+    """`dvc plots show` draws the top-level charts alone, each from a charts-stage file, one per kind (two from
+    the train curves: loss and learning rate), each titled with what it shows and which models."""
+    from dvc.repo import Repo
+
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
+    with Repo(str(REPO)) as repo:
+        assert [str(o) for s in repo.index.stages for o in s.outs if o.plot] == []
+        (resolved,) = repo.index._plots.values()
+    charts = {name: props for item in resolved for name, props in item.items()}
+    assert len(charts) == len(spec["plots"])
+    sources = {(file, y) for props in charts.values() for file, y in props["y"].items()}
+    assert sources == {(paths.CHARTS["eval_folders"]["chart"], "folder"),
+                       (paths.CHARTS["eval_term_errors"]["chart"], "share"),
+                       (paths.CHARTS["filter_accepted"]["chart"], "cases"),
+                       (paths.CHARTS["train_curves"]["chart"], "loss"),
+                       (paths.CHARTS["train_curves"]["chart"], "learning_rate")}
+    for name, props in charts.items():
+        assert (REPO / ".dvc" / "plots" / f"{props['template']}.json").is_file(), name
+        (file,) = props["y"]
+        models = "the base and each round's model" if "/eval_" in file else "each round's"
+        assert models in props["title"] or "the base vs each round's model" in props["title"], name
 
 
 def test_code_digest_follows_every_code_file(tmp_path, monkeypatch):

@@ -90,6 +90,8 @@ def test_train_killed_at_a_checkpoint_resumes_to_the_uninterrupted_adapter(proje
     curve, reference_curve = loss_rows(killed), loss_rows(straight)
     assert [s for s, _ in curve] == list(range(1, steps + 1)) == [s for s, _ in reference_curve]
     assert [loss for _, loss in curve] == pytest.approx([loss for _, loss in reference_curve], rel=1e-4)
+    plotted = (killed / R1["train_plot"]).read_text(encoding="utf-8").splitlines()[1:]  # the charts' copy of it
+    assert [int(row.split(",")[0]) for row in plotted] == list(range(1, steps + 1))
     assert not ckpts.exists() and temp_leftovers(killed) == []
 
 

@@ -26,6 +26,7 @@ PARAMS = {
 N_TRAIN, N_TEST = 12, 6
 ROUNDS = ("round1", "round2")
 STAGES = {"base", "eval_base", *(f"{s}@{r}" for r in ROUNDS for s in ("sample", "filter", "train", "eval"))}
+CHARTS = "charts"  # joins the others' plot files: it runs after them, whenever one of those files changes
 R2 = paths.round_files("round2")
 # Each stage's results file (dvc.yaml `metrics`), apart from its time file (runinfo.time_files).
 RESULTS = {"base": paths.BASE_METRICS, "eval_base": EV["base"]["metrics"],
@@ -52,7 +53,11 @@ def test_experiment_workflow(project):
     root = project(n_train=N_TRAIN, n_test=N_TEST, params=PARAMS, base=False, dvc=True)
     assert not (root / paths.BASE).exists()  # the base stage builds it
     first = run(["dvc", "repro"], root)
-    assert _ran(first) == STAGES
+    assert _ran(first) == STAGES | {CHARTS}
+    for kind, where in paths.CHARTS.items():  # each chart's file: every model's rows, in model order
+        lines = (root / where["chart"]).read_text(encoding="utf-8").splitlines()[1:]
+        models = ["base", *ROUNDS] if kind.startswith("eval_") else list(ROUNDS)
+        assert list(dict.fromkeys(line.split(",")[0] for line in lines)) == models, kind
     times = time_files(ROUNDS)
     assert set(RESULTS) == set(times) == STAGES
     for stage, file in RESULTS.items():
@@ -87,7 +92,7 @@ def test_experiment_workflow(project):
     # An eval param changes only the eval stages.
     commit(root, "run")
     set_params(root, {"eval": {"show_old_statute": True}})
-    assert _ran(run(["dvc", "repro"], root)) == {"eval_base", "eval@round1", "eval@round2"}
+    assert _ran(run(["dvc", "repro"], root)) - {CHARTS} == {"eval_base", "eval@round1", "eval@round2"}
     # Back to the committed run: params, lock and git-tracked metrics from git, cached outputs from DVC.
     run(["git", "checkout", "-q", "HEAD", "--", "."], root)  # dvc autostages
     run(["dvc", "checkout", "-q"], root)
@@ -97,7 +102,7 @@ def test_experiment_workflow(project):
     set_params(root, {"rounds": {"round2": {"keep_previous": True}}})
     assert _changed(run(["dvc", "status"], root)) == {"filter@round2"}
     ran = run(["dvc", "repro"], root)
-    assert "filter@round2" in _ran(ran) and _ran(ran) <= {"filter@round2", "train@round2", "eval@round2"}
+    assert "filter@round2" in _ran(ran) and _ran(ran) <= {"filter@round2", "train@round2", "eval@round2", CHARTS}
     kept = read_json(root / R2["filter_metrics"])
     assert kept["kept_previous"] == read_json(root / R1["filter_metrics"])["sft_examples"] > 0
     run(["git", "checkout", "-q", "HEAD", "--", "."], root)
@@ -106,7 +111,7 @@ def test_experiment_workflow(project):
     # An acceptance-rule change runs round 1's filter, train and eval as an experiment, not its sampling; round 2
     # samples from the new round-1 model, so all of round 2 follows.
     exp = run(["dvc", "exp", "run", "-S", "filter.term_tolerance=2"], root)
-    assert _ran(exp) == STAGES - {"base", "eval_base", "sample@round1"}
+    assert _ran(exp) == STAGES - {"base", "eval_base", "sample@round1"} | {CHARTS}
     shown = run(["dvc", "exp", "show", "--no-pager", "--md"], root)
     assert "filter.term_tolerance" in shown or "term_tolerance" in shown
     diff = run(["dvc", "metrics", "diff", "HEAD", "--md"], root)

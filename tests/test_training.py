@@ -239,10 +239,15 @@ def test_stage_trains_an_adapter_the_eval_stage_loads(project, tiny):
     assert timing["wall_seconds"] > 0 and timing["peak_rss_mb"] > 0
     model = models.load_model(models.resolve_base(paths.BASE), device=torch.device("cpu"), adapter=R1["adapter"])
     assert any(".lora_B." in n and p.abs().sum() > 0 for n, p in model.named_parameters())  # trained, not init
-    # every dvclive file dvc.yaml declares as a plot is one the run really wrote
+    # every file dvc.yaml declares (DVCLive's curves, the charts' copy of them) is one the run really wrote
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["do"]
-    declared = [path.replace("${key}", "round1") for plot in stage["plots"] for path in plot]
-    assert declared and all(Path(p).is_file() for p in declared)
+    declared = [path.replace("${key}", "round1") for out in stage["outs"] for path in ([out] if isinstance(out, str)
+                                                                                    else out)]
+    assert len(declared) == 4 and all(Path(p).exists() for p in declared)
+    curves = Path(R1["train_plot"]).read_text().splitlines()
+    logged = Path(R1["live"], "plots", "metrics", "loss.tsv").read_text().splitlines()
+    assert curves[0] == "step,loss,learning_rate" and len(curves) == len(logged) == metrics["steps"] + 1
+    assert [c.split(",")[:2] for c in curves[1:]] == [row.split("\t")[-2:] for row in logged[1:]]
     assert list(Path(R1["tensorboard"]).glob("events.out.tfevents.*"))
     assert not Path("dvc.yaml").exists() and not Path(R1["live"], "dvc.yaml").exists()
     assert not Path(R1["checkpoints"]).exists()
