@@ -103,6 +103,8 @@ def connect(workers: int, cluster: str) -> bool:
     if address:
         ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=True)
         return False
+    # Ray starts its workers at niceness 15: beside any other load they starve (the engines are the stage's work).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, configure_logging=False,
              log_to_driver=True)
     reaper.start(os.getpid())  # Ray's agents would outlive a SIGKILLed stage
