@@ -1,7 +1,8 @@
 """lawshift-rft: rejection-sampling fine-tuning for Chinese criminal-judgment prediction on LawShift.
 
-Importing the package first pins torch's CPU numerics (lawshift/numerics.py: the same bytes on any x86-64 machine
-with AVX2) and sets what GPU engines need before torch or vLLM start (lawshift/gpuenv.py).
+Importing the package first pins torch's CPU numerics (lawshift/numerics.py: the same bytes from machine to
+machine, where docs/reproducibility.md says they hold) and sets what GPU engines need before torch or vLLM start
+(lawshift/gpuenv.py).
 """
 
 from lawshift import gpuenv, numerics
