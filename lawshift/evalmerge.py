@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -24,8 +23,6 @@ from lawshift.evaluation import Evaluation
 from lawshift.files import InputError
 from lawshift.params import load_params
 from lawshift.report import write_outputs
-
-SHARD = re.compile(r"\.shard(\d+)-of-(\d+)\.jsonl$")
 
 
 def header(index: int, num_shards: int, shard: dict) -> dict:
@@ -80,12 +77,7 @@ def merge(shard_paths: Sequence[Path]) -> Evaluation:
     first, records = merge_records(shard_paths)
     note = (f"{len(first['ids'])} prompts, {first['k']} answer(s) each; {first['missing']} cited article id(s) not "
             "found in the articles files (left out of the prompts)")
-    return Evaluation(records, compute_metrics(records, first["k"]), note, None)
-
-
-def shard_files(predictions: str) -> list[Path]:
-    out = Path(predictions)
-    return sorted(out.parent.glob(f"{out.stem}.shard*-of-*{out.suffix}"), key=lambda p: p.name)
+    return Evaluation(records, compute_metrics(records, first["k"]), note, None, first)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -96,13 +88,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     load_params(args.params)
     where = paths.eval_files(args.model)
-    shard_paths = args.shards or shard_files(where["predictions"])
+    shard_paths = args.shards or paths.shard_files(where["predictions"])
     ev = merge(shard_paths)
     write_outputs(args.model, ev)
-    times = [Path(paths.shard_file(where["time"], *map(int, SHARD.search(p.name).groups()))) for p in shard_paths
-             if SHARD.search(p.name)]
+    n = ev.shard["num_shards"]  # the merge found each of the n shards once
+    times = [Path(paths.shard_file(where["time"], i, n)) for i in range(n)]
     infos = [json.loads(t.read_text(encoding="utf-8")) for t in times if t.is_file()]
-    if infos and len(infos) == len(shard_paths):  # wall time and memory: the largest shard's
+    if len(infos) == n:  # wall time and memory: the largest shard's
         files.write_json(where["time"], {"shards": len(infos), "wall_seconds": max(i["wall_seconds"] for i in infos),
                                          "peak_rss_mb": max(i["peak_rss_mb"] for i in infos)})
     print(f"evalmerge: {len(shard_paths)} shards, {len(ev.records)} answers -> {where['predictions']}; "

@@ -148,10 +148,6 @@ def merged_run_info(shard_infos: Sequence[dict | None]) -> dict:
             "peak_rss_mb": max(m.get("peak_rss_mb", 0.0) for m in shard_infos)}
 
 
-def shard_files(out: Path) -> list[Path]:
-    return sorted(out.parent.glob(f"{out.stem}.shard*-of-*{out.suffix}"))
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m lawshift.merge", description=__doc__.split("\n\n")[0])
     ap.add_argument("shards", nargs="*", type=Path, help="shard files (default: the round's samples.shard*)")
@@ -163,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     where = paths.round_files(args.round)
     out = Path(where["samples"])
     training_set = Path(p.data.root) / "training_set.json"
-    shard_paths = args.shards or shard_files(out)
+    shard_paths = args.shards or paths.shard_files(out)
     tally = merge(shard_paths, training_cases(p.data.root), training_set, out)
 
     def per_shard(template: str) -> list[dict | None]:

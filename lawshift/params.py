@@ -14,6 +14,7 @@ typed params without checking or re-defaulting them. A broken rule is an `InputE
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,17 @@ SAMPLE_BACKENDS = ("hf", "vllm")
 EVAL_BACKENDS = ("hf", "vllm")
 WEIGHTINGS = ("inverse_n", "uniform")
 MAX_DRAWS = 1 << 12  # answers one case may draw: its random streams (lawshift.generation.SEED_STRIDE)
+
+
+def add_shard_options(ap: argparse.ArgumentParser, section: str) -> None:
+    """A stage's `--shard-index` / `--num-shards`: one shard of a run split by hand, overriding `<section>.*`."""
+    ap.add_argument("--shard-index", type=int, help=f"this process's shard (overrides {section}.shard_index)")
+    ap.add_argument("--num-shards", type=int, help=f"shards of the run (overrides {section}.num_shards)")
+
+
+def shard_overrides(args: argparse.Namespace) -> dict:
+    """The shard options a stage was given, as overrides of its params section."""
+    return {k: v for k in ("shard_index", "num_shards") if (v := getattr(args, k)) is not None}
 
 
 def param_error(key: str, message: str) -> InputError:

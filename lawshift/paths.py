@@ -58,10 +58,20 @@ CHARTS = {
 
 def shard_file(out: str, index: int, num_shards: int) -> str:
     """Shard `index` of `num_shards`'s own file beside `out` (`out` itself when unsharded)."""
+    from pathlib import Path  # in the function: DVC reads this file's top level as vars (tests/test_dvc.py)
+
     if num_shards == 1:
-        return out
-    stem, dot, suffix = out.rpartition(".")
-    return f"{stem}.shard{index}-of-{num_shards}{dot}{suffix}"
+        return str(out)
+    path = Path(out)
+    return str(path.with_name(f"{path.stem}.shard{index}-of-{num_shards}{path.suffix}"))
+
+
+def shard_files(out) -> list:
+    """The shard files beside `out` (as `shard_file` names them), sorted by name."""
+    from pathlib import Path
+
+    path = Path(out)
+    return sorted(path.parent.glob(f"{path.stem}.shard*-of-*{path.suffix}"))
 
 
 def round_files(name: str) -> dict[str, str]:

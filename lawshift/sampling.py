@@ -39,10 +39,7 @@ SAMPLING_KEYS = ("backend", "num_samples", "temperature", "top_p", "max_new_toke
 
 def output_path(sp: SampleParams, out: str | Path) -> Path:
     """One shard of a multi-process run writes its own file (joined by `python -m lawshift.merge`)."""
-    out = Path(out)
-    if sp.num_shards == 1:
-        return out
-    return out.with_name(f"{out.stem}.shard{sp.shard_index}-of-{sp.num_shards}{out.suffix}")
+    return Path(paths.shard_file(out, sp.shard_index, sp.num_shards))
 
 
 def partial_path(out: Path) -> Path:

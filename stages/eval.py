@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from lawshift import evalmerge, evaluation, files, models, paths
-from lawshift.params import load_params
+from lawshift.params import add_shard_options, load_params, shard_overrides
 from lawshift.report import write_outputs
 from lawshift.runinfo import StageClock
 
@@ -22,11 +22,9 @@ def arguments(argv: list[str]) -> tuple[str, dict]:
     """The model, and the shard overrides of `eval.*`."""
     ap = argparse.ArgumentParser(prog="stages/eval.py", description="the eval stage of one model")
     ap.add_argument("model", nargs="?", default="", help="base, round1, round2, ...")
-    ap.add_argument("--shard-index", type=int, help="this process's shard (overrides eval.shard_index)")
-    ap.add_argument("--num-shards", type=int, help="shards of the run (overrides eval.num_shards)")
+    add_shard_options(ap, "eval")
     args = ap.parse_args(argv)
-    shard = {k: v for k, v in (("shard_index", args.shard_index), ("num_shards", args.num_shards)) if v is not None}
-    return args.model, shard
+    return args.model, shard_overrides(args)
 
 
 def main(model: str | None = None) -> None:

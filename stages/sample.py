@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from lawshift import files, models, paths, sampling
-from lawshift.params import load_params
+from lawshift.params import add_shard_options, load_params, shard_overrides
 from lawshift.runinfo import StageClock
 
 
@@ -19,11 +19,9 @@ def arguments(argv: list[str]) -> tuple[str, dict]:
     """The round, and the shard overrides of `sample.*`."""
     ap = argparse.ArgumentParser(prog="stages/sample.py", description="the sample stage (default: all cases)")
     ap.add_argument("round", nargs="?", default="round1", help="the round to sample (default: round1)")
-    ap.add_argument("--shard-index", type=int, help="this process's shard (overrides sample.shard_index)")
-    ap.add_argument("--num-shards", type=int, help="shards of the run (overrides sample.num_shards)")
+    add_shard_options(ap, "sample")
     args = ap.parse_args(argv)
-    shard = {k: v for k, v in (("shard_index", args.shard_index), ("num_shards", args.num_shards)) if v is not None}
-    return args.round, shard
+    return args.round, shard_overrides(args)
 
 
 def main(argv: list[str] | None = None) -> None:
