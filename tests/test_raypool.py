@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import ENV, EV, R1, REPO, read_json, run_stage, set_params, stage_cmd
+from test_stale import records
 
 from lawshift import reaper
 from lawshift.generation import BackendSpec, Completion, GenerationSettings, PromptResult
@@ -204,11 +205,6 @@ def test_a_killed_driver_leaves_no_ray_process_and_its_rerun_continues(project):
     assert [r["index"] for r in recs] == list(range(16))
     assert {json.loads(x)["index"] for x in before} <= {r["index"] for r in recs}
     assert read_json(root / R1["sample_time"])["resumed_cases"] == len(before)
-
-
-def records(partial: Path) -> int:
-    raw = partial.read_bytes() if partial.exists() else b""
-    return max(0, raw[:raw.rfind(b"\n") + 1].count(b"\n") - 1)
 
 
 def test_the_reaper_kills_what_a_killed_driver_started(tmp_path):
