@@ -4,8 +4,8 @@
     python -m benchmarks driver --cases 4000 --eval-cases 50   # quicker
     python -m benchmarks driver --workers 2                    # the same through a Ray pool of two instant engines
 
-Each run is a fresh process: `sampling.sample` (journal, records, tallies, the final file) and eval's
-`generate_records` + metrics + outputs over canned answers, so all its time and memory is the driver's. Reports ms
+Each run is a fresh process: `sampling.sample` (journal, records, tallies, the final file) and eval's `answer_all`
++ `write_outputs` (as stages/eval.py) over canned answers, so all its time and memory is the driver's. Reports ms
 per answer and peak memory, and the growth per case from a run at a quarter of the size.
 """
 
@@ -82,8 +82,7 @@ def eval_run(per_split: int, workers: int, tmp: Path) -> dict:
     """Eval's loop over the 31 folders x `per_split` cases x both splits, k = 3, then its metrics and outputs."""
     from lawshift import report
     from lawshift.data import folder_labels, training_cases
-    from lawshift.evalmetrics import compute_metrics
-    from lawshift.evaluation import EvalItem, PartialLog, batches, generate_records, item_seeds
+    from lawshift.evaluation import EvalItem, Evaluation, PartialLog, answer_all, batches, item_seeds
     from lawshift.generation import GenerationSettings
 
     real = training_cases(SAMPLE)
@@ -96,14 +95,11 @@ def eval_run(per_split: int, workers: int, tmp: Path) -> dict:
     groups = batches(items, [len(it.prompt) for it in items], 1024)
     partial = PartialLog(tmp / "predictions.jsonl.partial", {"bench": per_split})
     settings = GenerationSettings(n=3, temperature=0.7, top_p=1.0, max_new_tokens=64)
-    records = list(generate_records(engine, groups, settings, item_seeds(items, 0), 36, 120, partial))
-    order = {it.id: i for i, it in enumerate(items)}
-    records.sort(key=lambda r: (order[r["id"]], r["sample"]))
-    metrics = compute_metrics(records, 3)
-    report.write_outputs("bench", type("Ev", (), {"records": records, "metrics": metrics, "note": ""})())
+    spool = answer_all(engine, items, groups, settings, item_seeds(items, 0), 36, 120, partial, tmp)
+    metrics = report.write_outputs("bench", Evaluation(spool, 3, "", partial))  # as stages/eval.py does
     seconds = time.perf_counter() - t0
     getattr(engine, "close", lambda: None)()
-    return {"answers": len(records), "seconds": seconds}
+    return {"answers": 3 * len(items), "seconds": seconds, "overall": metrics["overall"]["original"]}
 
 
 def rss_mb() -> float:

@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lawshift import files, paths
-from lawshift.evalmetrics import compute_metrics
+from lawshift.evalmetrics import by_prompt
 from lawshift.evaluation import Evaluation
 from lawshift.files import InputError
 from lawshift.params import load_params
+from lawshift.predictions import write_predictions
 from lawshift.report import write_outputs
 
 
@@ -31,8 +32,9 @@ def header(index: int, num_shards: int, shard: dict) -> dict:
                            **shard}}
 
 
-def write_shard(out: str, index: int, num_shards: int, ev: Evaluation) -> None:
-    files.write_jsonl(out, [header(index, num_shards, ev.shard), *ev.records])
+def write_shard(out: str, index: int, num_shards: int, ev: Evaluation) -> dict:
+    """A shard's file: its header, then its prompts' records in its order; returns the shard's own metrics."""
+    return write_predictions(out, ev.prompts, ev.k, header(index, num_shards, ev.shard)).metrics
 
 
 def read_shard(path: Path) -> tuple[dict, list[dict]]:
@@ -77,7 +79,7 @@ def merge(shard_paths: Sequence[Path]) -> Evaluation:
     first, records = merge_records(shard_paths)
     note = (f"{len(first['ids'])} prompts, {first['k']} answer(s) each; {first['missing']} cited article id(s) not "
             "found in the articles files (left out of the prompts)")
-    return Evaluation(records, compute_metrics(records, first["k"]), note, None, first)
+    return Evaluation(by_prompt(records), first["k"], note, None, first)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -90,15 +92,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     where = paths.eval_files(args.model)
     shard_paths = args.shards or paths.shard_files(where["predictions"])
     ev = merge(shard_paths)
-    write_outputs(args.model, ev)
+    metrics = write_outputs(args.model, ev)
     n = ev.shard["num_shards"]  # the merge found each of the n shards once
     times = [Path(paths.shard_file(where["time"], i, n)) for i in range(n)]
     infos = [json.loads(t.read_text(encoding="utf-8")) for t in times if t.is_file()]
     if len(infos) == n:  # wall time and memory: the largest shard's
         files.write_json(where["time"], {"shards": len(infos), "wall_seconds": max(i["wall_seconds"] for i in infos),
                                          "peak_rss_mb": max(i["peak_rss_mb"] for i in infos)})
-    print(f"evalmerge: {len(shard_paths)} shards, {len(ev.records)} answers -> {where['predictions']}; "
-          f"overall {ev.metrics['overall']}")
+    print(f"evalmerge: {len(shard_paths)} shards, {sum(map(len, ev.prompts))} answers -> {where['predictions']}; "
+          f"overall {metrics['overall']}")
 
 
 if __name__ == "__main__":

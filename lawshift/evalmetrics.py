@@ -1,6 +1,7 @@
 """LawShift metrics: a pure function of the scored prediction records that eval writes.
 
     metrics = compute_metrics(records, k=3)   # per split, label type and folder: mean, pass@k, majority; train check
+    builder = MetricsBuilder(3); builder.add(one_prompts_records); builder.result()   # the same, a prompt at a time
 
 pass@k is the unbiased estimator (Chen et al.); the majority vote counts parsed answers, a tie going to the one
 drawn first. docs/pipeline.md (eval) lists every figure.
@@ -9,13 +10,13 @@ drawn first. docs/pipeline.md (eval) lists every figure.
 from __future__ import annotations
 
 import math
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 from lawshift.data import SPLITS
 
 TRAIN = "train"  # the split name of the train-set check's records
-
 
 
 def _rate(values: Iterable[float]) -> float | None:
@@ -46,44 +47,117 @@ def majority_success(answers: Sequence[dict]) -> bool:
     return bool(first["success"])
 
 
-def _prompts(records: Iterable[dict], key: str = "success") -> dict[str, list[dict]]:
-    """Each prompt's records whose field `key` applies (is not None), in draw order."""
-    out: dict[str, list[dict]] = defaultdict(list)
+def by_prompt(records: Iterable[dict]) -> list[list[dict]]:
+    """Each prompt's records in draw order, the prompts in the order their first draws come."""
+    out: dict[str, list[dict]] = {}
     for r in sorted(records, key=lambda r: r["sample"]):
-        if r[key] is not None:
-            out[r["id"]].append(r)
-    return out
+        out.setdefault(r["id"], []).append(r)
+    return list(out.values())
 
 
-def _per_prompt(records: Iterable[dict], key: str) -> dict[str, float]:
-    """Mean of a boolean field over each prompt's k answers (k sampled answers are averaged, as LawShift does).
-    Records whose field is None (the check does not apply) are left out."""
-    return {pid: sum(bool(r[key]) for r in rs) / len(rs) for pid, rs in _prompts(records, key).items()}
+class _Rates:
+    """Success over prompts, each counting once: the mean of its draws, pass@k and the majority vote. Kept as
+    per-prompt floats in prompt order and summed at the end as a list would be: the same bytes as from the
+    records, for 8 bytes a prompt."""
+
+    def __init__(self):
+        self.mean, self.passk, self.majority = array("d"), array("d"), 0
+
+    def add(self, rs: Sequence[dict], k: int) -> None:
+        c = sum(bool(r["success"]) for r in rs)
+        self.mean.append(c / len(rs))
+        self.passk.append(pass_at_k(len(rs), c, min(k, len(rs))))
+        self.majority += majority_success(rs)
+
+    def result(self) -> dict[str, float | None]:
+        n = len(self.mean)
+        return {"mean": _rate(self.mean), "pass_at_k": _rate(self.passk),
+                "majority": round(self.majority / n, 6) if n else None}
 
 
-def success_rates(records: Iterable[dict], k: int) -> dict[str, float | None]:
-    """Over prompts, each counting once: `mean` success of their draws, `pass_at_k` and `majority` vote success."""
-    groups = _prompts(records).values()
-    return {"mean": _rate(sum(bool(r["success"]) for r in rs) / len(rs) for rs in groups),
-            "pass_at_k": _rate(pass_at_k(len(rs), sum(bool(r["success"]) for r in rs), min(k, len(rs)))
-                               for rs in groups),
-            "majority": _rate(majority_success(rs) for rs in groups)}
+class _Scope:
+    """A split summary's share of the records (all LawShift prompts, a label type's or a folder's)."""
+
+    def __init__(self, label: str | None = None):
+        self.label, self.rates = label, {s: _Rates() for s in SPLITS}
+        self.prompts = dict.fromkeys(SPLITS, 0)
+        self.answers = self.valid = self.known = self.cut = 0
+
+    def add(self, rs: Sequence[dict], k: int) -> None:
+        split = rs[0]["split"]
+        self.prompts[split] += 1
+        if scored := [r for r in rs if r["success"] is not None]:
+            self.rates[split].add(scored, k)
+        self.answers += len(rs)
+        self.valid += sum(r["parse"] is not None for r in rs)
+        self.known += sum("finished" in r for r in rs)
+        self.cut += sum(not r["finished"] for r in rs if "finished" in r)
+
+    def summary(self) -> dict:
+        rates = {s: self.rates[s].result() for s in SPLITS}
+        original, poisoned = rates["original"]["mean"], rates["poisoned"]["mean"]
+        gap = round(original - poisoned, 6) if original is not None and poisoned is not None else None
+        return {"original": original, "poisoned": poisoned, "gap": gap,
+                "pass_at_k": {s: rates[s]["pass_at_k"] for s in SPLITS},
+                "majority": {s: rates[s]["majority"] for s in SPLITS},
+                "format_valid": _share(self.valid, self.answers), "truncated": _share(self.cut, self.known)}
 
 
-def _split_summary(records: list[dict], k: int) -> dict:
-    rates = {s: success_rates((r for r in records if r["split"] == s), k) for s in SPLITS}
-    original, poisoned = rates["original"]["mean"], rates["poisoned"]["mean"]
-    gap = round(original - poisoned, 6) if original is not None and poisoned is not None else None
-    return {"original": original, "poisoned": poisoned, "gap": gap,
-            "pass_at_k": {s: rates[s]["pass_at_k"] for s in SPLITS},
-            "majority": {s: rates[s]["majority"] for s in SPLITS},
-            "format_valid": _rate(r["parse"] is not None for r in records), "truncated": _truncated(records)}
+def _share(count: int, total: int) -> float | None:
+    return round(count / total, 6) if total else None
 
 
-def _truncated(records: Iterable[dict]) -> float | None:
-    """Share of answers cut at eval.max_new_tokens rather than ended by the model; None where the records do not
-    say (a re-scored published log)."""
-    return _rate(not r["finished"] for r in records if "finished" in r)
+def _per_prompt_mean(rs: Sequence[dict], key: str, into: array) -> None:
+    """Append the mean of a boolean field over one prompt's records where it applies (is not None)."""
+    if applies := [r[key] for r in rs if r[key] is not None]:
+        into.append(sum(bool(v) for v in applies) / len(applies))
+
+
+class MetricsBuilder:
+    """`compute_metrics` one prompt at a time: `add` each prompt's records in prompt order, then `result()`.
+    Keeps a few numbers per prompt, never the records (eval's memory stays flat in the number of answers)."""
+
+    def __init__(self, k: int):
+        self.k, self.overall = k, _Scope()
+        self.labels: dict[str, _Scope] = {}
+        self.folders: dict[str, _Scope] = {}
+        self.charge, self.term, self.train = array("d"), array("d"), _Rates()
+        self.train_known = self.train_cut = 0
+
+    def add(self, rs: Sequence[dict]) -> None:
+        """One prompt's records (all of its draws)."""
+        rs = sorted(rs, key=lambda r: r["sample"])
+        first = rs[0]
+        if first["split"] == TRAIN:
+            if scored := [r for r in rs if r["success"] is not None]:
+                self.train.add(scored, self.k)
+            self.train_known += sum("finished" in r for r in rs)
+            self.train_cut += sum(not r["finished"] for r in rs if "finished" in r)
+        elif first["split"] in SPLITS:
+            for scope in (self.overall, self.labels.setdefault(first["label"], _Scope(first["label"])),
+                          self.folders.setdefault(first["folder"], _Scope(first["label"]))):
+                scope.add(rs, self.k)
+            if first["split"] == "original":
+                _per_prompt_mean(rs, "charge_correct", self.charge)
+                _per_prompt_mean(rs, "term_exact", self.term)
+
+    def result(self) -> dict:
+        by_label = {label: {**self.labels[label].summary(), "n": self.labels[label].prompts["original"]}
+                    for label in sorted(self.labels)}
+        folders = {}
+        for name in sorted(self.folders):
+            scope = self.folders[name]
+            summary, counts = scope.summary(), scope.prompts
+            folders[name] = {"label": scope.label, "original": summary["original"], "poisoned": summary["poisoned"],
+                             "pass_at_k": summary["pass_at_k"], "majority": summary["majority"],
+                             "n": counts["original"]}
+            if counts["poisoned"] != counts["original"]:
+                folders[name]["n_poisoned"] = counts["poisoned"]  # LawShift pairs them; say so when a folder does not
+        train = self.train.result()
+        return {"k": self.k, "overall": self.overall.summary(), "by_label": by_label, "folders": folders,
+                "charge_accuracy": _rate(self.charge), "term_exact_accuracy": _rate(self.term),
+                "train_exact": train["mean"], "train_pass_at_k": train["pass_at_k"],
+                "train_majority": train["majority"], "train_truncated": _share(self.train_cut, self.train_known)}
 
 
 def answers_per_prompt(records: Iterable[dict]) -> int:
@@ -105,26 +179,7 @@ def compute_metrics(records: Sequence[dict], k: int | None = None) -> dict:
     stopped at the length limit (scored as they stand, as LawShift scores them).
     """
     k = k or max(answers_per_prompt(records), 1)
-    bench = [r for r in records if r["split"] in SPLITS]
-    labels = sorted({r["label"] for r in bench})
-    by_label = {}
-    for label in labels:
-        rows = [r for r in bench if r["label"] == label]
-        by_label[label] = {**_split_summary(rows, k), "n": len({r["id"] for r in rows if r["split"] == "original"})}
-    folders = {}
-    for name in sorted({r["folder"] for r in bench}):
-        rows = [r for r in bench if r["folder"] == name]
-        summary = _split_summary(rows, k)
-        counts = {s: len({r["id"] for r in rows if r["split"] == s}) for s in SPLITS}
-        folders[name] = {"label": rows[0]["label"], "original": summary["original"],
-                         "poisoned": summary["poisoned"], "pass_at_k": summary["pass_at_k"],
-                         "majority": summary["majority"], "n": counts["original"]}
-        if counts["poisoned"] != counts["original"]:
-            folders[name]["n_poisoned"] = counts["poisoned"]  # LawShift pairs them; say so when a folder does not
-    original = [r for r in bench if r["split"] == "original"]
-    train = success_rates((r for r in records if r["split"] == TRAIN), k)
-    return {"k": k, "overall": _split_summary(bench, k), "by_label": by_label, "folders": folders,
-            "charge_accuracy": _rate(_per_prompt(original, "charge_correct").values()),
-            "term_exact_accuracy": _rate(_per_prompt(original, "term_exact").values()),
-            "train_exact": train["mean"], "train_pass_at_k": train["pass_at_k"], "train_majority": train["majority"],
-            "train_truncated": _truncated(r for r in records if r["split"] == TRAIN)}
+    builder = MetricsBuilder(k)
+    for rs in by_prompt(records):
+        builder.add(rs)
+    return builder.result()

@@ -6,8 +6,8 @@ poisoned split, prompted with `articles_poisoned`)? Success on both follows the 
 (`lawshift.scoring.lawshift_success`). A fixed, seeded subset of the training cases is scored with the
 rejection-sampling criterion (`is_correct`) as well, to show whether the loop optimises what it trains for.
 
-The flow is `build_items` / `train_items` -> `generate_records` (one scored record per answer, resumable) ->
-`evalmetrics.compute_metrics` (a pure function of the records). Stage `eval` (stages/eval.py) wires them together:
+Flow: `build_items` / `train_items` -> `answer_all` (scored answers, resumable, spooled to disk) ->
+`report.write_outputs` (predictions in item order, metrics, report). Stage `eval` (stages/eval.py) wires them:
 
     python stages/eval.py base      # normally: dvc repro eval@base
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +27,12 @@ from lawshift.answers import NO_VIOLATION, Answer, gold_term, normalize_charge, 
 from lawshift.backends import close, open_backend
 from lawshift.codedeps import code_digest
 from lawshift.data import LABELS, SPLITS, ArticleLookup, Case, Folder, discover_folders, load_articles, training_cases
-from lawshift.evalmetrics import TRAIN, compute_metrics
+from lawshift.evalmetrics import TRAIN
 from lawshift.files import InputError
 from lawshift.generation import Backend, BackendSpec, GenerationSettings, call_size, stream_seed
 from lawshift.journal import Journal
 from lawshift.params import Params, to_dict
+from lawshift.predictions import Spool
 from lawshift.prompts import Prompt, load_prompt, render_prompt
 from lawshift.raypool import RequestFailed
 from lawshift.scoring import is_correct, lawshift_success, term_error
@@ -160,17 +161,25 @@ class PartialLog:
     def __init__(self, path: str | Path, settings: dict):
         self.journal = Journal(path, settings, who="eval")
 
-    def load(self) -> dict[int, list[dict]]:
-        """Open the journal; the batches a matching earlier run finished."""
-        done: dict[int, list[dict]] = {}
+    def replay(self, keep: Callable[[int, list[dict]], None]) -> set[int]:
+        """Open the journal, handing each batch a matching earlier run finished to `keep(batch, records)`; their
+        numbers. One batch is in memory at a time."""
+        done: set[int] = set()
 
-        def keep(lineno: int, rec: dict, _span) -> None:
+        def one(lineno: int, rec: dict, _span) -> None:
             if not isinstance(rec.get("batch"), int) or not isinstance(rec.get("records"), list):
                 raise InputError(self.journal.path, "not a batch of records; delete the file to start over",
                                  line=lineno)
-            done[rec["batch"]] = rec["records"]
+            done.add(rec["batch"])
+            keep(rec["batch"], rec["records"])
 
-        self.journal.open(keep)
+        self.journal.open(one)
+        return done
+
+    def load(self) -> dict[int, list[dict]]:
+        """Open the journal; the batches a matching earlier run finished."""
+        done: dict[int, list[dict]] = {}
+        self.replay(done.__setitem__)
         return done
 
     def append(self, batch: int, records: list[dict]) -> None:
@@ -193,27 +202,51 @@ def item_seeds(items: Sequence[EvalItem], seed: int) -> dict[str, int]:
     return {it.id: stream_seed(seed, k) for k, it in enumerate(items)}
 
 
-def generate_records(backend: Backend, groups: list[list[EvalItem]], settings: GenerationSettings,
-                     seeds: Mapping[str, int], low: int, high: int,
-                     partial: PartialLog | None = None) -> Iterator[dict]:
-    """Generate and score every group, yielding records in group order; `seeds` maps an item id to its stream."""
-    done = partial.load() if partial else {}
+def new_groups(backend: Backend, groups: list[list[EvalItem]], settings: GenerationSettings,
+               seeds: Mapping[str, int], low: int, high: int, partial: PartialLog | None = None,
+               done: Collection[int] = ()) -> Iterator[tuple[int, list[dict]]]:
+    """Answer, score and journal each group not `done`, in order; yields (group number, its records). `seeds` maps an
+    item id to its stream."""
     total = sum(len(g) for g in groups)
     resumed = sum(len(g) for b, g in enumerate(groups) if b in done)
     with tqdm(total=total, initial=resumed, desc="eval cases", unit="case") as bar:
         for b, group in enumerate(groups):
-            if b not in done:
-                try:
-                    results = backend.generate([it.prompt for it in group], settings, [seeds[it.id] for it in group])
-                except RequestFailed as err:  # a pool's worker refused one request: name its case, do not hang
-                    raise InputError(group[err.index].id, f"eval failed on a Ray worker: {err.message}") from None
-                recs = [score_answer(it, c.text, j, low, high) | {"finished": c.finished, "num_tokens": c.num_tokens}
-                        for it, res in zip(group, results, strict=True) for j, c in enumerate(res.completions)]
-                if partial:
-                    partial.append(b, recs)
-                done[b] = recs
-                bar.update(len(group))
-            yield from done[b]
+            if b in done:
+                continue
+            try:
+                results = backend.generate([it.prompt for it in group], settings, [seeds[it.id] for it in group])
+            except RequestFailed as err:  # a pool's worker refused one request: name its case, do not hang
+                raise InputError(group[err.index].id, f"eval failed on a Ray worker: {err.message}") from None
+            recs = [score_answer(it, c.text, j, low, high) | {"finished": c.finished, "num_tokens": c.num_tokens}
+                    for it, res in zip(group, results, strict=True) for j, c in enumerate(res.completions)]
+            if partial:
+                partial.append(b, recs)
+            bar.update(len(group))
+            yield b, recs
+
+
+def generate_records(backend: Backend, groups: list[list[EvalItem]], settings: GenerationSettings,
+                     seeds: Mapping[str, int], low: int, high: int,
+                     partial: PartialLog | None = None) -> Iterator[dict]:
+    """Every group's records in group order, the journal's batches held in memory (the stage spools instead)."""
+    done = partial.load() if partial else {}
+    fresh = new_groups(backend, groups, settings, seeds, low, high, partial, set(done))
+    for b in range(len(groups)):
+        if b not in done:
+            _, done[b] = next(fresh)
+        yield from done[b]
+
+
+def answer_all(backend: Backend, items: Sequence[EvalItem], groups: list[list[EvalItem]],
+               settings: GenerationSettings, seeds: Mapping[str, int], low: int, high: int, partial: PartialLog,
+               directory: str | Path) -> Spool:
+    """Every item's scored records, resumed from the journal and then generated, spooled in `directory` to be read
+    back in item order: the stage holds one batch of answers at a time."""
+    spool = Spool([it.id for it in items], directory)
+    done = partial.replay(lambda _b, recs: spool.add(recs))
+    for _, recs in new_groups(backend, groups, settings, seeds, low, high, partial, done):
+        spool.add(recs)
+    return spool
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,8 +255,8 @@ def generate_records(backend: Backend, groups: list[list[EvalItem]], settings: G
 
 @dataclass
 class Evaluation:
-    records: list[dict]  # every answer, scored, in item order
-    metrics: dict
+    prompts: Iterable[list[dict]]  # each prompt's scored answers, in item order (a Spool, or lists in memory)
+    k: int  # answers per prompt
     note: str  # for the report: prompts, answers per prompt, missing article ids
     partial: PartialLog | None  # removed by the stage once the outputs are written
     shard: dict | None = None  # a shard's header: the whole run's settings, every prompt id in order, k, missing
@@ -288,12 +321,11 @@ def run(p: Params, name: str) -> Evaluation:
     partial = PartialLog(out + ".partial", run_settings(p, items, paths.BASE, adapter))
     groups = batches(items, lengths, call_size(e.backend, e.batch_size, e.chunk_size, len(items)))
     try:
-        records = list(generate_records(backend, groups, settings, seeds, e.term_low, e.term_high, partial))
+        spool = answer_all(backend, items, groups, settings, seeds, e.term_low, e.term_high, partial,
+                           Path(out).parent)
     finally:
         close(backend)
-    order = {it.id: i for i, it in enumerate(items)}
-    records.sort(key=lambda r: (order[r["id"]], r["sample"]))  # file order, not batch order
     partial.journal.close()
     note = (f"{len(items)} prompts, {k} answer(s) each; {missing} cited article id(s) not found in the articles "
             "files (left out of the prompts)")
-    return Evaluation(records, compute_metrics(records, k), note, partial, shard)
+    return Evaluation(spool, k, note, partial, shard)

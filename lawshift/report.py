@@ -12,14 +12,13 @@ table, and `<think>`/`<answer>` tags would be swallowed as HTML by a renderer.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
 from lawshift import files, paths
+from lawshift.predictions import EXAMPLES, TERM_ERROR_CLIP, write_predictions
 
-TERM_ERROR_CLIP = 120  # months: errors beyond ±10 years are pooled in the end bins of the term-error plot
-EXAMPLES = 5  # unparseable answers quoted in the report
 EXAMPLE_CHARS = 300
 
 
@@ -98,25 +97,31 @@ def folder_plot(metrics: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["bar", "folder", "split", "accuracy"])
 
 
-def term_error_plot(records: Sequence[dict], clip: int = TERM_ERROR_CLIP) -> pd.DataFrame:
+def term_error_plot(records: Iterable[dict], clip: int = TERM_ERROR_CLIP) -> pd.DataFrame:
     """Histogram of predicted minus gold months (original split, fixed gold terms), one row per month from the
     smallest to the largest error seen, zeros included, so the line is drawn across gaps. Errors beyond
     ±clip are pooled in the end bins."""
-    errors = [max(-clip, min(clip, r["term_error"])) for r in records if r.get("term_error") is not None]
-    if not errors:
+    return term_error_table(Counter(max(-clip, min(clip, r["term_error"])) for r in records
+                                    if r.get("term_error") is not None))
+
+
+def term_error_table(counts: Counter[int]) -> pd.DataFrame:
+    """`term_error_plot` from the counts of clipped errors."""
+    total = sum(counts.values())
+    if not total:
         return pd.DataFrame({"term_error_months": [], "answers": [], "share": []})
-    counts = Counter(errors)
-    span = range(min(errors), max(errors) + 1)
+    span = range(min(counts), max(counts) + 1)
     return pd.DataFrame({"term_error_months": list(span), "answers": [counts[e] for e in span],
-                         "share": [round(counts[e] / len(errors), 6) for e in span]})
+                         "share": [round(counts[e] / total, 6) for e in span]})
 
 
-def write_outputs(name: str, ev) -> None:
+def write_outputs(name: str, ev) -> dict:
     """Every output of the eval stage of model `name` (`ev`: its evaluation.Evaluation) at its paths.eval_files
-    paths, each file written atomically."""
+    paths, each file written atomically; the predictions are read once, a prompt at a time. Returns the metrics."""
     where = paths.eval_files(name)
-    files.write_jsonl(where["predictions"], ev.records)
-    files.write_json(where["metrics"], ev.metrics)
-    files.write_text(where["report"], report_markdown(name, ev.metrics, ev.records, [ev.note]))
-    files.write_text(where["folders_plot"], folder_plot(ev.metrics).to_csv(index=False))
-    files.write_text(where["term_errors_plot"], term_error_plot(ev.records).to_csv(index=False))
+    got = write_predictions(where["predictions"], ev.prompts, ev.k)
+    files.write_json(where["metrics"], got.metrics)
+    files.write_text(where["report"], report_markdown(name, got.metrics, got.examples, [ev.note]))
+    files.write_text(where["folders_plot"], folder_plot(got.metrics).to_csv(index=False))
+    files.write_text(where["term_errors_plot"], term_error_table(got.errors).to_csv(index=False))
+    return got.metrics

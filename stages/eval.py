@@ -35,13 +35,12 @@ def main(model: str | None = None) -> None:
     result = evaluation.run(p, name)
     where, e = paths.eval_files(name), p.eval
     if e.num_shards > 1:
-        evalmerge.write_shard(paths.shard_file(where["predictions"], e.shard_index, e.num_shards), e.shard_index,
-                              e.num_shards, result)
+        m = evalmerge.write_shard(paths.shard_file(where["predictions"], e.shard_index, e.num_shards), e.shard_index,
+                                  e.num_shards, result)
     else:
-        write_outputs(name, result)
+        m = write_outputs(name, result)
     result.partial.remove()
     info = clock.write(paths.shard_file(where["time"], e.shard_index, e.num_shards))
-    m = result.metrics
     print(f"eval@{name}: overall {m['overall']}, train_exact {m['train_exact']} (pass@{m['k']} "
           f"{m['train_pass_at_k']}, majority {m['train_majority']}) ({info})")
     if e.num_shards > 1:

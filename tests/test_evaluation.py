@@ -366,6 +366,27 @@ def test_interrupted_run_resumes_to_same_records(sample_root, tiny, backend, tmp
     assert not path.exists()
 
 
+def test_answer_all_resumes_into_item_order(sample_root, tiny, backend, tmp_path):
+    """The stage's path: the journal's batches, then the rest, spooled and read back in item order."""
+    items = ev.build_items(discover_folders(sample_root, ["action_implicit_expand"]), tiny.tokenizer, JUDGE)[0][::8]
+    groups = ev.batches(items, [len(i.prompt) for i in items], batch_size=3)
+    settings = GenerationSettings(n=2, temperature=0.8, top_p=0.95, max_new_tokens=16)
+    seeds = ev.item_seeds(items, 3)
+    whole = list(ev.generate_records(backend, groups, settings, seeds, LOW, HIGH))
+    by_item = [[r for r in whole if r["id"] == it.id] for it in items]
+    assert [it.id for it in groups[0]] != [it.id for it in items[:3]]  # batches are not in item order
+
+    partial = ev.PartialLog(tmp_path / "p.partial", {"run": 1})
+    assert partial.load() == {}
+    next(ev.new_groups(backend, groups, settings, seeds, LOW, HIGH, partial))  # interrupted after one batch
+    partial.journal.close()
+    counting = CountingBackend(backend)
+    partial = ev.PartialLog(tmp_path / "p.partial", {"run": 1})
+    spool = ev.answer_all(counting, items, groups, settings, seeds, LOW, HIGH, partial, tmp_path / "out")
+    assert list(spool) == by_item and counting.prompts == len(items) - len(groups[0])
+    spool.close()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Stage eval end to end
 

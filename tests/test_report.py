@@ -156,7 +156,7 @@ def test_write_outputs_writes_every_eval_output_at_its_path(tmp_path, monkeypatc
                                                                                           strict=True)]
     metrics = evalmetrics.compute_metrics(records)
     note = "5 prompts, 1 answer(s) each; 0 cited article id(s) not found"
-    write_outputs(name, evaluation.Evaluation(records, metrics, note, partial=None))
+    assert write_outputs(name, evaluation.Evaluation(evalmetrics.by_prompt(records), 1, note, partial=None)) == metrics
 
     where = EV[name]
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
@@ -173,6 +173,6 @@ def test_write_outputs_writes_every_eval_output_at_its_path(tmp_path, monkeypatc
     assert "term_error_months,answers,share\n6,1,1.0\n" == Path(where["term_errors_plot"]).read_text()
 
     # a second write replaces every file whole
-    write_outputs(name, evaluation.Evaluation(records[:2], evalmetrics.compute_metrics(records[:2]), note, None))
+    write_outputs(name, evaluation.Evaluation(evalmetrics.by_prompt(records[:2]), 1, note, None))
     assert len(Path(where["predictions"]).read_text(encoding="utf-8").splitlines()) == 2
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == written
