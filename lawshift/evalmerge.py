@@ -92,15 +92,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     where = paths.eval_files(args.model)
     shard_paths = args.shards or paths.shard_files(where["predictions"])
     ev = merge(shard_paths)
-    metrics = write_outputs(args.model, ev)
+    got = write_outputs(args.model, ev)
     n = ev.shard["num_shards"]  # the merge found each of the n shards once
     times = [Path(paths.shard_file(where["time"], i, n)) for i in range(n)]
     infos = [json.loads(t.read_text(encoding="utf-8")) for t in times if t.is_file()]
     if len(infos) == n:  # wall time and memory: the largest shard's
         files.write_json(where["time"], {"shards": len(infos), "wall_seconds": max(i["wall_seconds"] for i in infos),
                                          "peak_rss_mb": max(i["peak_rss_mb"] for i in infos)})
-    print(f"evalmerge: {len(shard_paths)} shards, {sum(map(len, ev.prompts))} answers -> {where['predictions']}; "
-          f"overall {metrics['overall']}")
+    print(f"evalmerge: {len(shard_paths)} shards, {got.answers} answers -> {where['predictions']}; "
+          f"overall {got.metrics['overall']}")
 
 
 if __name__ == "__main__":

@@ -70,8 +70,12 @@ class Summary:
         self.answers += len(rs)
         if len(self.examples) < EXAMPLES:
             self.examples += [r for r in rs if r["parse"] is None][:EXAMPLES - len(self.examples)]
-        self.errors.update(max(-self.clip, min(self.clip, r["term_error"])) for r in rs
-                           if r.get("term_error") is not None)
+        self.errors.update(clipped_errors(rs, self.clip))
+
+
+def clipped_errors(records: Iterable[dict], clip: int = TERM_ERROR_CLIP) -> Iterator[int]:
+    """Each record's term error in months, pooled at ±clip; records without one are left out."""
+    return (max(-clip, min(clip, r["term_error"])) for r in records if r.get("term_error") is not None)
 
 
 def write_predictions(path: str | Path, prompts: Iterable[Sequence[dict]], k: int,

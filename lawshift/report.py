@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 
 from lawshift import files, paths
-from lawshift.predictions import EXAMPLES, TERM_ERROR_CLIP, write_predictions
+from lawshift.predictions import EXAMPLES, TERM_ERROR_CLIP, Summary, clipped_errors, write_predictions
 
 EXAMPLE_CHARS = 300
 
@@ -101,8 +101,7 @@ def term_error_plot(records: Iterable[dict], clip: int = TERM_ERROR_CLIP) -> pd.
     """Histogram of predicted minus gold months (original split, fixed gold terms), one row per month from the
     smallest to the largest error seen, zeros included, so the line is drawn across gaps. Errors beyond
     ±clip are pooled in the end bins."""
-    return term_error_table(Counter(max(-clip, min(clip, r["term_error"])) for r in records
-                                    if r.get("term_error") is not None))
+    return term_error_table(Counter(clipped_errors(records, clip)))
 
 
 def term_error_table(counts: Counter[int]) -> pd.DataFrame:
@@ -115,13 +114,13 @@ def term_error_table(counts: Counter[int]) -> pd.DataFrame:
                          "share": [round(counts[e] / total, 6) for e in span]})
 
 
-def write_outputs(name: str, ev) -> dict:
+def write_outputs(name: str, ev) -> Summary:
     """Every output of the eval stage of model `name` (`ev`: its evaluation.Evaluation) at its paths.eval_files
-    paths, each file written atomically; the predictions are read once, a prompt at a time. Returns the metrics."""
+    paths, each file written atomically; the predictions are read once, a prompt at a time. Returns their summary."""
     where = paths.eval_files(name)
     got = write_predictions(where["predictions"], ev.prompts, ev.k)
     files.write_json(where["metrics"], got.metrics)
     files.write_text(where["report"], report_markdown(name, got.metrics, got.examples, [ev.note]))
     files.write_text(where["folders_plot"], folder_plot(got.metrics).to_csv(index=False))
     files.write_text(where["term_errors_plot"], term_error_table(got.errors).to_csv(index=False))
-    return got.metrics
+    return got

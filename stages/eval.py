@@ -38,7 +38,7 @@ def main(model: str | None = None) -> None:
         m = evalmerge.write_shard(paths.shard_file(where["predictions"], e.shard_index, e.num_shards), e.shard_index,
                                   e.num_shards, result)
     else:
-        m = write_outputs(name, result)
+        m = write_outputs(name, result).metrics
     result.partial.remove()
     info = clock.write(paths.shard_file(where["time"], e.shard_index, e.num_shards))
     print(f"eval@{name}: overall {m['overall']}, train_exact {m['train_exact']} (pass@{m['k']} "

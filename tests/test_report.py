@@ -156,7 +156,8 @@ def test_write_outputs_writes_every_eval_output_at_its_path(tmp_path, monkeypatc
                                                                                           strict=True)]
     metrics = evalmetrics.compute_metrics(records)
     note = "5 prompts, 1 answer(s) each; 0 cited article id(s) not found"
-    assert write_outputs(name, evaluation.Evaluation(evalmetrics.by_prompt(records), 1, note, partial=None)) == metrics
+    got = write_outputs(name, evaluation.Evaluation(evalmetrics.by_prompt(records), 1, note, partial=None))
+    assert got.metrics == metrics and got.answers == len(records)
 
     where = EV[name]
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
