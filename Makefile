@@ -22,7 +22,7 @@ install: $(STAMP)
 # Stages run `python …`: the venv's bin goes first on PATH so DVC's shell finds the venv's python.
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	$(BIN)/python -m lawshift.runinfo
+	$(BIN)/python -m lawshift.core.runinfo
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -32,23 +32,23 @@ test: $(STAMP)
 # workspace's (run `make repro` first), their figures in metrics/seeds.json, then the README table with mean and
 # min-max, then `make compare`. About 12 min on 2 cores.
 seeds: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lawshift.seeds
-	$(BIN)/python -m lawshift.results
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lawshift.experiments.seeds
+	$(BIN)/python -m lawshift.experiments.results
 	@$(MAKE) --no-print-directory compare
 
 # The workspace, HEAD and HEAD's experiments (make seeds, make reference) side by side in at most 15 columns: the
 # params that differ, each round's acceptance and coverage, each model's train exact and LawShift figures.
-# Other `dvc exp show` options: python -m lawshift.compare -A (lawshift/compare.py).
+# Other `dvc exp show` options: python -m lawshift.experiments.compare -A (lawshift/experiments/compare.py).
 compare: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lawshift.compare
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lawshift.experiments.compare
 
 # The reference profile (Qwen2.5-0.5B-Instruct, full LawShift, original hyperparameters) on a GPU machine:
 #   make reference LAWSHIFT=/path/to/LawShift
 # It runs profiles/reference.yaml as the DVC experiment `reference` and puts params.yaml back as it was, also after a
-# failure or Ctrl-C; refused while params.yaml has uncommitted changes (lawshift/reference.py).
+# failure or Ctrl-C; refused while params.yaml has uncommitted changes (lawshift/experiments/reference.py).
 reference: $(STAMP)
 	@test -n "$(LAWSHIFT)" || { echo "usage: make reference LAWSHIFT=/path/to/LawShift"; exit 2; }
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lawshift.reference '$(LAWSHIFT)'
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lawshift.experiments.reference '$(LAWSHIFT)'
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -62,8 +62,8 @@ clean-venv:
 GPU_VENV := .venv-gpu
 COMPAT_VENV := .venv-compat
 # The files whose slow tests exercise transformers most (compat-test runs them after every test not marked slow).
-COMPAT_TESTS := tests/test_hf_backend.py tests/test_tiny.py tests/test_training.py tests/test_models.py \
-	tests/test_objective.py tests/test_sftdata.py tests/test_examples.py
+COMPAT_TESTS := tests/engines/test_hf_backend.py tests/train/test_tiny.py tests/train/test_training.py tests/core/test_models.py \
+	tests/train/test_objective.py tests/train/test_sftdata.py tests/train/test_examples.py
 
 # On a GPU machine: the GPU environment in .venv-gpu. Run the pipeline there with
 #   PATH="$$PWD/.venv-gpu/bin:$$PATH" .venv-gpu/bin/dvc repro

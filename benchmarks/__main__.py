@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from benchmarks import driver, gpu_smoke, sampling, scaleout, train
 from benchmarks.common import PROG, write_entry
-from lawshift import files
+from lawshift.core import files
 
 
 def parser() -> argparse.ArgumentParser:

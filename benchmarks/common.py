@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 import transformers
 
-from lawshift import files, paths
-from lawshift.data import Case
-from lawshift.files import InputError
-from lawshift.prompts import Prompt, render_prompt
+from lawshift.core import files, paths
+from lawshift.core.files import InputError
+from lawshift.task.data import Case
+from lawshift.task.prompts import Prompt, render_prompt
 
 BASE = Path(paths.BASE)
 OUT = Path("metrics/bench.json")

@@ -39,7 +39,7 @@ class InstantEngine:
         pass
 
     def generate(self, prompts, settings, seeds):
-        from lawshift.generation import Completion, PromptResult
+        from lawshift.engines.generation import Completion, PromptResult
 
         return [PromptResult(len(p), [Completion(ANSWERS[(s + j) % 3], 24, True) for j in range(settings.n)])
                 for p, s in zip(prompts, seeds, strict=True)]
@@ -50,20 +50,20 @@ def instant_factory(**spec) -> InstantEngine:
 
 
 def backend(workers: int):
-    from lawshift.generation import BackendSpec
+    from lawshift.engines.generation import BackendSpec
 
     if workers <= 1:
         return InstantEngine()
-    from lawshift.raypool import RayPool
+    from lawshift.engines.raypool import RayPool
 
     return RayPool(instant_factory, BackendSpec("instant", ".", "cpu", 0, 0), workers, piece=0)
 
 
 def sample_run(cases: int, workers: int, tmp: Path) -> dict:
     """`sampling.sample` over `cases` synthetic cases (the sample's 62, made distinct), 8 answers each."""
-    from lawshift.data import Case, training_cases
-    from lawshift.params import SampleParams
-    from lawshift.sampling import Job, sample
+    from lawshift.core.params import SampleParams
+    from lawshift.sample.sampling import Job, sample
+    from lawshift.task.data import Case, training_cases
 
     real = training_cases(SAMPLE)
     job_cases = [Case(f"{c.fact}（{i}）", c.relevant_articles, c.charge, c.prison_time)
@@ -80,10 +80,10 @@ def sample_run(cases: int, workers: int, tmp: Path) -> dict:
 
 def eval_run(per_split: int, workers: int, tmp: Path) -> dict:
     """Eval's loop over the 31 folders x `per_split` cases x both splits, k = 3, then its metrics and outputs."""
-    from lawshift import report
-    from lawshift.data import folder_labels, training_cases
-    from lawshift.evaluation import EvalItem, Evaluation, PartialLog, answer_all, batches, item_seeds
-    from lawshift.generation import GenerationSettings
+    from lawshift.engines.generation import GenerationSettings
+    from lawshift.evaluate import report
+    from lawshift.evaluate.evaluation import EvalItem, Evaluation, PartialLog, answer_all, batches, item_seeds
+    from lawshift.task.data import folder_labels, training_cases
 
     real = training_cases(SAMPLE)
     items = [EvalItem(f"{f.name}/{split}/{i}", f.name, f.label, split, i, real[i % len(real)],
@@ -111,7 +111,7 @@ def child(kind: str, size: int, workers: int) -> dict:
     """One measurement in this (fresh) process: time, answers, the process's peak memory and the run's own (the
     largest resident size while it ran, less the size before it: imports and libraries left out)."""
     import lawshift  # noqa: F401  (the numerics pins, as in a stage)
-    from lawshift import evaluation, sampling  # noqa: F401  (imported before the baseline)
+    from lawshift.evaluate import evaluation  # noqa: F401  (imported before the baseline)
 
     with tempfile.TemporaryDirectory(prefix="bench-driver-") as tmp:
         run = sample_run if kind == "sample" else eval_run

@@ -37,7 +37,7 @@ from benchmarks.smoke_project import (
     stage_env,
     write_json,
 )
-from lawshift import paths
+from lawshift.core import paths
 
 NAME = "gpu_smoke"
 PROG_NAME = NAME  # the prefix of its own messages

@@ -26,13 +26,14 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.common import BASE, add_common_options, command, environment, long_prompt, set_threads
-from lawshift import models, sampling
-from lawshift.data import ArticleLookup, Case, load_articles, training_cases
-from lawshift.files import InputError
-from lawshift.generation import GenerationSettings, stream_seed
-from lawshift.hf_backend import HFBackend
-from lawshift.params import SampleParams, load_params
-from lawshift.prompts import load_prompt
+from lawshift.core import models
+from lawshift.core.files import InputError
+from lawshift.core.params import SampleParams, load_params
+from lawshift.engines.generation import GenerationSettings, stream_seed
+from lawshift.engines.hf_backend import HFBackend
+from lawshift.sample import sampling
+from lawshift.task.data import ArticleLookup, Case, load_articles, training_cases
+from lawshift.task.prompts import load_prompt
 
 METHODS = ("per_case_generate", "batched_generate", "sampler")
 
@@ -116,7 +117,7 @@ def per_case_loop(backend: HFBackend, prompts: Sequence[str], indices: Sequence[
 
 
 def project_sampler(backend: HFBackend, job: sampling.Job, sp: SampleParams) -> int:
-    """`lawshift.sampling.sample` as the sample stage runs it, into a scratch file. Returns generated tokens."""
+    """`lawshift.sample.sampling.sample` as the sample stage runs it, into a scratch file. Returns generated tokens."""
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         stats = sampling.sample(job, backend, sp, Path(tmp) / "samples.jsonl")
     return stats.new_tokens

@@ -23,9 +23,9 @@ from benchmarks.common import BASE, command, environment
 
 
 def run_once(workers: int, job, sp, spec) -> tuple[dict, bytes]:
-    from lawshift import sampling
-    from lawshift.backends import close, open_backend
-    from lawshift.generation import GenerationSettings
+    from lawshift.engines.backends import close, open_backend
+    from lawshift.engines.generation import GenerationSettings
+    from lawshift.sample import sampling
 
     backend = open_backend(spec, workers, sp.batch_size)
     try:  # first calls pay one-off costs (every worker's): keep them out of the timing
@@ -42,14 +42,15 @@ def run_once(workers: int, job, sp, spec) -> tuple[dict, bytes]:
 
 
 def scaleout_bench(args: argparse.Namespace) -> dict:
-    os.environ["LAWSHIFT_THREADS"] = "1"  # this process and every Ray worker it starts (lawshift/numerics.py)
+    os.environ["LAWSHIFT_THREADS"] = "1"  # this process and every Ray worker it starts (lawshift/core/numerics.py)
     import torch
 
-    from lawshift import models, sampling
-    from lawshift.data import ArticleLookup, load_articles, training_cases
-    from lawshift.generation import BackendSpec
-    from lawshift.params import load_params
-    from lawshift.prompts import load_prompt
+    from lawshift.core import models
+    from lawshift.core.params import load_params
+    from lawshift.engines.generation import BackendSpec
+    from lawshift.sample import sampling
+    from lawshift.task.data import ArticleLookup, load_articles, training_cases
+    from lawshift.task.prompts import load_prompt
 
     torch.set_num_threads(1)
     p = load_params(args.params)

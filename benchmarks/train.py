@@ -3,7 +3,7 @@
     python -m benchmarks train                       # defaults: params.yaml's train.* on outputs/sft.jsonl
     python -m benchmarks train --epochs 1 --threads 2
 
-Runs `lawshift.training.train_sft` twice on the same data and seed, with `train.group_by_length` false and true,
+Runs `lawshift.train.training.train_sft` twice on the same data and seed, with `train.group_by_length` false and true,
 into a temporary directory, after an untimed warm-up; a second pair mixes in long prompts (`--mixed-prompt-tokens`).
 Reports trained and padded tokens/s and the padding share, and writes the `train` entry of metrics/bench.json.
 docs/benchmarks.md explains each run.
@@ -22,11 +22,11 @@ import torch
 import transformers
 
 from benchmarks.common import BASE, add_common_options, command, environment, long_prompt, set_threads
-from lawshift import files, models, paths
-from lawshift.data import ArticleLookup, Case, load_articles
-from lawshift.files import InputError
-from lawshift.params import TrainParams, load_params
-from lawshift.prompts import Prompt, load_prompt
+from lawshift.core import files, models, paths
+from lawshift.core.files import InputError
+from lawshift.core.params import TrainParams, load_params
+from lawshift.task.data import ArticleLookup, Case, load_articles
+from lawshift.task.prompts import Prompt, load_prompt
 
 SFT = Path(paths.round_files("round1")["sft"])
 GROUPING = {"random": False, "group_by_length": True}  # train.group_by_length of each train run
@@ -73,7 +73,7 @@ class TrainCounter(transformers.TrainerCallback):
 
 def timed_training(base: str, sft_path: Path, tp: TrainParams, **load) -> dict:
     """One `train_sft` run with every output in a scratch directory; returns its TrainCounter result."""
-    from lawshift.training import train_sft  # heavy imports only when this benchmark runs
+    from lawshift.train.training import train_sft  # heavy imports only when this benchmark runs
 
     counter = TrainCounter()
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:

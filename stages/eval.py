@@ -3,19 +3,20 @@
 `base` is models/base as it is; `round1`, `round2`, ... are models/base with that round's adapter models/<round>.
 Writes outputs/<model>/predictions.jsonl, metrics/<model>/eval.json, reports/eval_<model>.md and
 plots/eval_*/<model>.csv; an interrupted run continues from its partial predictions. The protocol:
-lawshift/evaluation.py.
+lawshift/evaluate/evaluation.py.
 
     python stages/eval.py base                                   # normally: dvc repro eval@base (or eval@round1)
-    python stages/eval.py base --shard-index 0 --num-shards 4    # one shard; then python -m lawshift.evalmerge
+    python stages/eval.py base --shard-index 0 --num-shards 4    # one shard; then python -m lawshift.evaluate.evalmerge
 """
 
 import argparse
 import sys
 
-from lawshift import evalmerge, evaluation, files, models, paths
-from lawshift.params import add_shard_options, load_params, shard_overrides
-from lawshift.report import write_outputs
-from lawshift.runinfo import StageClock
+from lawshift.core import files, models, paths
+from lawshift.core.params import add_shard_options, load_params, shard_overrides
+from lawshift.core.runinfo import StageClock
+from lawshift.evaluate import evalmerge, evaluation
+from lawshift.evaluate.report import write_outputs
 
 
 def arguments(argv: list[str]) -> tuple[str, dict]:
@@ -45,7 +46,7 @@ def main(model: str | None = None) -> None:
           f"{m['train_pass_at_k']}, majority {m['train_majority']}) ({info})")
     if e.num_shards > 1:
         print(f"eval@{name}: shard {e.shard_index} of {e.num_shards} done; once all are: "
-              f"python -m lawshift.evalmerge --model {name}")
+              f"python -m lawshift.evaluate.evalmerge --model {name}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Reads outputs/<round>/samples.jsonl (stage `sample@<round>`) and, when the round has `keep_previous`, the answers
 the policy's model was trained on (models/<previous round>/sft.jsonl). The acceptance rule and weighting are in
-lawshift/filtering.py. Cheap and separate from sampling, so changing `filter.*` reruns only filter -> train -> eval.
+lawshift/sample/filtering.py. Cheap and separate from sampling, so changing `filter.*` reruns only filter -> train ->
+eval.
 
     python stages/filter.py round1   # normally: dvc repro filter@round1
 """
@@ -10,9 +11,10 @@ lawshift/filtering.py. Cheap and separate from sampling, so changing `filter.*` 
 import sys
 from pathlib import Path
 
-from lawshift import files, filtering, paths
-from lawshift.params import load_params
-from lawshift.runinfo import StageClock
+from lawshift.core import files, paths
+from lawshift.core.params import load_params
+from lawshift.core.runinfo import StageClock
+from lawshift.sample import filtering
 
 
 def main(name: str = "round1") -> None:

@@ -1,18 +1,19 @@
 """Stage `sample@<round>`: N answers per training case from the round's policy -> outputs/<round>/samples.jsonl.
 
     python stages/sample.py round1                                 # normally: dvc repro sample@round1
-    python stages/sample.py round1 --shard-index 0 --num-shards 4  # one shard; then python -m lawshift.merge
+    python stages/sample.py round1 --shard-index 0 --num-shards 4  # one shard; then python -m lawshift.sample.merge
 
 The policy is the base for round1, the base plus the previous round's adapter after it. Resumable: after Ctrl-C or
-a kill the same command continues where it stopped (lawshift/sampling.py, lawshift/journal.py).
+a kill the same command continues where it stopped (lawshift/sample/sampling.py, lawshift/core/journal.py).
 """
 
 import argparse
 import sys
 
-from lawshift import files, models, paths, sampling
-from lawshift.params import add_shard_options, load_params, shard_overrides
-from lawshift.runinfo import StageClock
+from lawshift.core import files, models, paths
+from lawshift.core.params import add_shard_options, load_params, shard_overrides
+from lawshift.core.runinfo import StageClock
+from lawshift.sample import sampling
 
 
 def arguments(argv: list[str]) -> tuple[str, dict]:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"sample@{name}: {metrics} ({info})")
     if p.sample.num_shards > 1:
         print(f"sample@{name}: shard {p.sample.shard_index} of {p.sample.num_shards} done; once all are: "
-              f"python -m lawshift.merge --round {name}")
+              f"python -m lawshift.sample.merge --round {name}")
 
 
 if __name__ == "__main__":

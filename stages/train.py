@@ -6,7 +6,7 @@ answers it trained on, sft.jsonl, for a later round's `keep_previous`) and metri
 Checkpoints go to checkpoints/<round>/ (not a DVC output): rerunning after an interruption resumes from the newest
 one made with the same data and settings. Curves: dvclive/<round>/, copied without timestamps to
 plots/train_curves/<round>.csv for the charts, and TensorBoard event files in logs/<round>/ (`tensorboard --logdir
-logs`). The data side is lawshift/sftdata.py, the objective lawshift/objective.py, the run lawshift/training.py.
+logs`). The data side, the objective and the run: lawshift/train/ (sftdata, objective, training).
 
     python stages/train.py round1    # normally: dvc repro train@round1
     accelerate launch --num_processes N stages/train.py round1   # with train.num_processes: N, one GPU each
@@ -16,9 +16,9 @@ import csv
 import sys
 from pathlib import Path
 
-from lawshift import files, models, paths
-from lawshift.params import load_params
-from lawshift.runinfo import StageClock
+from lawshift.core import files, models, paths
+from lawshift.core.params import load_params
+from lawshift.core.runinfo import StageClock
 
 CURVES = ("loss", "learning_rate")  # DVCLive's curves (dvclive/<round>/plots/metrics/<curve>.tsv) the charts draw
 
@@ -41,7 +41,7 @@ def main(name: str = "round1") -> None:
     p = load_params()
     clock = StageClock()
     models.offline_env()
-    from lawshift import training  # heavy imports only after the params are known to be valid
+    from lawshift.train import training  # heavy imports only after the params are known to be valid
 
     done = training.run(p, name)
     if done is not None:  # None on the other processes of a multi-process run

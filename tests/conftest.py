@@ -27,8 +27,8 @@ import pytest
 import yaml
 
 import lawshift  # noqa: F401  (first: pins torch's CPU numerics before anything imports torch)
-from lawshift import paths
-from lawshift.prompts import load_prompt
+from lawshift.core import paths
+from lawshift.task.prompts import load_prompt
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -52,7 +52,7 @@ SMALL = {
     "eval": {"folders": [FOLDER], "max_new_tokens": 48, "train_subset": 2, "batch_size": 2, "device": "cpu",
              "num_samples": 1, "temperature": 0.0},
 }
-# Round 1's files and the eval files of the base and of round 1's model (lawshift/paths.py).
+# Round 1's files and the eval files of the base and of round 1's model (lawshift/core/paths.py).
 R1 = paths.round_files("round1")
 EV = {name: paths.eval_files(name) for name in ("base", "round1")}
 # Subprocesses: offline, one thread each (the tiny model gains nothing from more; parallel runs would contend),
@@ -64,7 +64,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NU
 
 def seeds(prompts, seed: int = 0) -> list[int]:
     """Each prompt's first stream as the stages derive it: prompt i is case i of a run seeded `seed`."""
-    from lawshift.generation import stream_seed
+    from lawshift.engines.generation import stream_seed
 
     return [stream_seed(seed, i) for i in range(len(prompts))]
 
@@ -193,9 +193,9 @@ def data_copy(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A small tiny Qwen2 base, warm-started briefly so it mostly answers in format. Saved like models/base."""
-    from lawshift.data import ArticleLookup, load_articles, training_cases
-    from lawshift.params import TinyParams
-    from lawshift.tiny import build_model, build_tokenizer, corpus_texts, warm_start
+    from lawshift.core.params import TinyParams
+    from lawshift.task.data import ArticleLookup, load_articles, training_cases
+    from lawshift.train.tiny import build_model, build_tokenizer, corpus_texts, warm_start
 
     out = tmp_path_factory.mktemp("tiny_base")
     judge = JUDGE
@@ -218,7 +218,7 @@ def tiny(tiny_base) -> Tiny:
     model's matmuls are too small to split, and on a busy 2-core runner threads only contend."""
     import torch
 
-    from lawshift import models
+    from lawshift.core import models
 
     torch.set_num_threads(1)
     device = torch.device("cpu")
@@ -250,7 +250,7 @@ def project(tmp_path, tiny_base, monkeypatch) -> Callable[..., Path]:
             shutil.copytree(tiny_base, root / "models" / "base")
         shutil.copy(REPO / "params.yaml", root / "params.yaml")
         set_params(root, merge(json.loads(json.dumps(SMALL)), params or {}))
-        from lawshift.params import load_params
+        from lawshift.core.params import load_params
 
         load_params(root / "params.yaml")  # the starting point is valid
         if dvc:

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from conftest import ARTICLES, ENV, EV, FOLDER, JUDGE, R1, REPO, ROOT, dump_json, read_json, run_stage, set_params
 
-from lawshift import paths
-from lawshift.answers import format_answer
-from lawshift.data import ArticleLookup, load_articles, training_cases
-from lawshift.files import write_jsonl
-from lawshift.prompts import render_prompt
+from lawshift.core import paths
+from lawshift.core.files import write_jsonl
+from lawshift.task.answers import format_answer
+from lawshift.task.data import ArticleLookup, load_articles, training_cases
+from lawshift.task.prompts import render_prompt
 
 TRAIN_SET = f"{ROOT}/training_set.json"
 SMALL_CONTEXT = 300  # positions of the small-context model: the prompts fit (<= 292 tokens), an answer does not
@@ -53,7 +53,7 @@ TIME_FILES = {"base": paths.BASE_TIME, "sample": R1["sample_time"], "filter": R1
 
 def declared_outputs(stage: str) -> list[str]:
     """The outs, metrics and plots dvc.yaml declares for the script `stage` (round1's stage; eval as eval@base),
-    with the `${…}` from lawshift/paths.py (dvc.yaml's vars) and the rounds resolved by DVC itself."""
+    with the `${…}` from lawshift/core/paths.py (dvc.yaml's vars) and the rounds resolved by DVC itself."""
     return list(_dvc_outputs()[STAGE_NAMES[stage]])
 
 

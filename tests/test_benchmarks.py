@@ -14,13 +14,13 @@ from conftest import JUDGE, R1, REPO, SAMPLE, read_json, seeds
 
 from benchmarks import common, sampling, train
 from benchmarks.__main__ import main, parser
-from lawshift import files, models
-from lawshift.data import ArticleLookup, load_articles, training_cases
-from lawshift.files import InputError
-from lawshift.generation import GenerationSettings
-from lawshift.hf_backend import HFBackend
-from lawshift.params import TrainParams
-from lawshift.prompts import render_prompt
+from lawshift.core import files, models
+from lawshift.core.files import InputError
+from lawshift.core.params import TrainParams
+from lawshift.engines.generation import GenerationSettings
+from lawshift.engines.hf_backend import HFBackend
+from lawshift.task.data import ArticleLookup, load_articles, training_cases
+from lawshift.task.prompts import render_prompt
 
 # the real sample's articles (conftest's ARTICLES is the small project's relative copy of them)
 SAMPLE_ARTICLES = SAMPLE / "criminal_law_articles.json"

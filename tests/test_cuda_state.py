@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import ENV, R1, REPO, read_json, run_stage
 
-from lawshift import gpuenv
+from lawshift.engines import gpuenv
 
 STANDIN = REPO / "tests" / "vllm_standin"
 TRIPWIRE = REPO / "tests" / "cuda_tripwire"
@@ -111,7 +111,7 @@ def bos_base(tiny_base: Path, dst: Path) -> tuple[Path, int]:
 
 @pytest.mark.slow
 def test_prompts_reach_vllm_without_a_bos_the_stage_did_not_count(project, tiny_base, tmp_path):
-    from lawshift.models import load_tokenizer
+    from lawshift.core.models import load_tokenizer
 
     root, log = project(n_train=4, n_test=2, params=PARAMS, base=False), tmp_path / "vllm.jsonl"
     base, bos = bos_base(tiny_base, root / "models" / "base")

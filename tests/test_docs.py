@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lawshift.params import Params
+from lawshift.core.params import Params
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 MAKE = re.compile(r"(?:^|`|\$ )make ([a-z][\w-]*)", re.M)  # in code: prose says "make a ..." too
-PYTHON_M = re.compile(r"python -m ((?:lawshift|benchmarks)(?:\.\w+)?)(?: ([a-z_|\\]+))?")
+PYTHON_M = re.compile(r"python -m ((?:lawshift|benchmarks)(?:\.\w+)*)(?: ([a-z_|\\]+))?")
 DVC_STAGE = re.compile(r"\bdvc (?:repro|commit|status)(?: -f)* ([a-z_]+(?:@[\w<>]+)?)")
 AT_STAGE = re.compile(r"`([a-z_]+)@(?:round\d+|<round>|<model>)")
 PARAM = re.compile(r"(?<![\w/.<-])((?:seed|data|model|sample|filter|train|eval|rounds)(?:\.[\w<>*]+)+)")
@@ -118,7 +118,7 @@ def test_the_readme_fits_on_a_few_screens():
 
 
 @pytest.mark.parametrize("path", sorted(p.relative_to(REPO).as_posix() for d in ("lawshift", "stages", "benchmarks")
-                                        for p in (REPO / d).glob("*.py")))
+                                        for p in (REPO / d).rglob("*.py")))
 def test_modules_are_short_with_short_docstrings(path):
     source = (REPO / path).read_text(encoding="utf-8")
     doc = ast.get_docstring(ast.parse(source), clean=False) or ""

@@ -3,7 +3,7 @@
 * Every stage's deps cover its script, every `lawshift` module the script imports (directly or through other
   modules of the package), `lawshift/__init__.py`, and the package data files those modules name. A new import
   without a dvc.yaml dep fails here, so a code change can never leave a stale result that DVC thinks is current.
-* Paths: dvc.yaml loads lawshift/paths.py as vars, and each stage's outs and metrics are exactly the paths the
+* Paths: dvc.yaml loads lawshift/core/paths.py as vars, and each stage's outs and metrics are exactly the paths the
   code writes (read through DVC's own resolver, so the `${…}` interpolation is checked too).
 * Charts: one top-level chart per kind, drawn from the charts stage's files, which join every model's file of
   that kind: the stage depends on the folders that hold exactly those, so it covers every round of `rounds`.
@@ -18,8 +18,8 @@ import pytest
 import yaml
 from conftest import REPO
 
-from lawshift import paths
-from lawshift.codedeps import PACKAGE, code_digest, code_files
+from lawshift.core import paths
+from lawshift.core.codedeps import PACKAGE, code_digest, code_files
 
 
 def code_deps(script: Path) -> set[str]:
@@ -49,6 +49,14 @@ def test_every_stage_is_resolved(stages):
                            *(f"{s}@{r}" for r in ROUNDS for s in ("sample", "filter", "train", "eval"))}
 
 
+def test_the_lock_names_only_stages_of_dvc_yaml_and_only_files_that_exist(stages):
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text(encoding="utf-8"))["stages"]
+    assert set(lock) == set(stages)
+    code = [d["path"] for entry in lock.values() for d in entry["deps"]
+            if d["path"].startswith(("lawshift/", "stages/"))]
+    assert code and [p for p in code if not (REPO / p).is_file()] == []
+
+
 def test_deps_cover_every_module_a_stage_imports(stages):
     for name, (cmd, deps, _, _) in stages.items():
         script = REPO / cmd.split()[1]
@@ -57,11 +65,12 @@ def test_deps_cover_every_module_a_stage_imports(stages):
 
 
 def test_the_import_walk_finds_lazy_and_transitive_imports():
-    # train imports lawshift.training inside main(); training imports objective, which imports examples
+    # train imports lawshift.train.training inside main(); training imports objective, which imports examples
     found = code_deps(REPO / "stages" / "train.py")
-    assert {"lawshift/training.py", "lawshift/objective.py", "lawshift/examples.py", "lawshift/__init__.py"} <= found
+    assert {"lawshift/train/training.py", "lawshift/train/objective.py", "lawshift/train/examples.py",
+            "lawshift/__init__.py"} <= found
     # data.py names labels.json: every stage that reaches data.py depends on it
-    assert "lawshift/labels.json" in code_deps(REPO / "stages" / "eval.py")
+    assert "lawshift/task/labels.json" in code_deps(REPO / "stages" / "eval.py")
 
 
 def _round_outputs(r: str) -> list[tuple[str, set, set]]:
@@ -86,7 +95,7 @@ BASE_EVAL = paths.eval_files("base")
     ("charts", {c["chart"] for c in paths.CHARTS.values()}, set()),
 ])
 def test_outs_and_metrics_are_the_paths_the_code_writes(stages, name, outs, metrics):
-    """dvc.yaml spells a round's files with `${key}`; lawshift/paths.py's templates give the same paths."""
+    """dvc.yaml spells a round's files with `${key}`; lawshift/core/paths.py's templates give the same paths."""
     _, deps, declared_outs, declared_metrics = stages[name]
     assert declared_outs == outs
     assert declared_metrics == metrics
@@ -105,10 +114,10 @@ def test_round_stages_depend_on_their_policy_and_eval_on_the_weights_it_adds(sta
 
 def test_dvc_yaml_reads_paths_from_the_module_dvc_can_read():
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
-    assert spec["vars"] == ["lawshift/paths.py"]
+    assert spec["vars"] == ["lawshift/core/paths.py"]
     # DVC reads the module without running it: plain assignments of literals, and functions (which its reader
     # skips); nothing else.
-    tree = ast.parse((PACKAGE / "paths.py").read_text(encoding="utf-8"))
+    tree = ast.parse((PACKAGE / "core" / "paths.py").read_text(encoding="utf-8"))
     for node in tree.body[1:]:
         assert isinstance(node, (ast.Assign, ast.FunctionDef)), ast.dump(node)[:80]
         if isinstance(node, ast.Assign):
@@ -133,7 +142,8 @@ def _per_model_plots(rounds) -> dict[str, set[str]]:
 
 
 def test_charts_stage_depends_on_folders_holding_every_models_plot_file(stages):
-    """The charts stage reads whole folders (lawshift/charts.py); each holds exactly the per-model files of its
+    """The charts stage reads whole folders (lawshift/experiments/charts.py); each holds exactly the per-model files of
+    its
     kind that the stages write, for the base and every round, so DVC runs it after all of them."""
     from dvc.repo import Repo
 
@@ -181,7 +191,7 @@ def test_code_digest_follows_every_code_file(tmp_path, monkeypatch):
     does not reach does not."""
     import shutil
 
-    from lawshift import codedeps
+    from lawshift.core import codedeps
 
     copy = tmp_path / "repo"
     shutil.copytree(codedeps.REPO / "lawshift", copy / "lawshift", ignore=shutil.ignore_patterns("__pycache__"))
@@ -194,9 +204,9 @@ def test_code_digest_follows_every_code_file(tmp_path, monkeypatch):
         return {stage: code_digest(stage) for stage in ("base", "sample", "filter", "train", "eval")}
 
     before = digests()
-    for rel, changed in [("lawshift/scoring.py", {"sample", "filter", "eval"}),
-                         ("lawshift/labels.json", {"base", "sample", "filter", "eval"}),
-                         ("lawshift/objective.py", {"train"}), ("stages/eval.py", {"eval"})]:
+    for rel, changed in [("lawshift/task/scoring.py", {"sample", "filter", "eval"}),
+                         ("lawshift/task/labels.json", {"base", "sample", "filter", "eval"}),
+                         ("lawshift/train/objective.py", {"train"}), ("stages/eval.py", {"eval"})]:
         path = copy / rel
         path.write_bytes(path.read_bytes() + b"\n")
         after = digests()

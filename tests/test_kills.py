@@ -3,7 +3,8 @@ checkpoint, a batch of predictions); nothing DVC would take for a result is left
 uninterrupted run ends. What a kill can tear in the train files (a checkpoint's trainer_state.json, the checkpoint
 journal, a DVCLive row) is dropped on resume.
 
-The sample stage's kill test is tests/test_sampling.py::test_ctrl_c_then_sigkill_then_rerun_yields_every_case_once.
+The sample stage's kill test is
+tests/sample/test_sampling.py::test_ctrl_c_then_sigkill_then_rerun_yields_every_case_once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from conftest import ENV, EV, R1, SMALL, interrupt_when, read_json, run_stage, stage_cmd
 from test_bad_inputs import declared_outputs, with_sft
 
-from lawshift import journal
+from lawshift.core import journal
 
 
 def kill_when(project: Path, stage: str, ready: Callable[[], bool], timeout: float = 240) -> str:
@@ -97,7 +98,7 @@ def test_train_killed_at_a_checkpoint_resumes_to_the_uninterrupted_adapter(proje
 
 def test_what_a_kill_tears_in_the_train_files_is_dropped_on_resume(tmp_path, capsys):
     """A kill can cut short the last checkpoint's trainer_state.json, the checkpoint journal, or a DVCLive row."""
-    from lawshift.training import JOURNAL, prepare_checkpoints, truncate_live
+    from lawshift.train.training import JOURNAL, prepare_checkpoints, truncate_live
 
     settings = {"params": {"lora_r": 4}, "data": "d1"}
     ckpt = tmp_path / "checkpoints" / "sft"

@@ -10,8 +10,8 @@ import re
 import pytest
 from conftest import EV, FOLDER, R1, SAMPLE, read_json, run, set_params
 
-from lawshift import paths
-from lawshift.runinfo import time_files
+from lawshift.core import paths
+from lawshift.core.runinfo import time_files
 
 pytestmark = pytest.mark.slow
 

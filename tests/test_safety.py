@@ -4,7 +4,7 @@
   itself tested on snippets); pickle weights load only with `model.allow_pickle`; remote code is off in every
   params file. The context-size guard of each stage is in the bad-input table (tests/test_bad_inputs.py).
 * Untrusted text: model answers survive every file the pipeline writes and reads back (parse_answer is fuzzed in
-  tests/test_answers.py, the markdown report in tests/test_report.py).
+  tests/task/test_answers.py, the markdown report in tests/evaluate/test_report.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import shutil
 import pytest
 from conftest import REPO, SAMPLE
 
-from lawshift.answers import format_answer
-from lawshift.data import training_cases
-from lawshift.files import read_jsonl
-from lawshift.params import ModelParams, load_params
+from lawshift.core.files import read_jsonl
+from lawshift.core.params import ModelParams, load_params
+from lawshift.task.answers import format_answer
+from lawshift.task.data import training_cases
 
 # ---- untrusted text --------------------------------------------------------------------------------------------
 
@@ -40,11 +40,11 @@ def sample_record(index: int, case, texts: list[str]) -> dict:
 def test_model_text_survives_sample_filter_and_train_files(tmp_path, noise):
     """An answer holding any of these goes through samples.jsonl.partial -> samples.jsonl -> sft.jsonl and is read
     back unchanged, where a splitlines() reader would report a corrupt line or cut the record."""
-    from lawshift.filtering import run
-    from lawshift.params import FilterParams
-    from lawshift.samples import PartialFile, Tally
-    from lawshift.sampling import partial_path
-    from lawshift.sftdata import read_sft
+    from lawshift.core.params import FilterParams
+    from lawshift.sample.filtering import run
+    from lawshift.sample.samples import PartialFile, Tally
+    from lawshift.sample.sampling import partial_path
+    from lawshift.train.sftdata import read_sft
 
     cases = training_cases(SAMPLE)[:2]
     texts = [[f"<think>{noise}先看{noise}事实</think>{format_answer(c.charge, c.prison_time)}"] for c in cases]
@@ -67,7 +67,7 @@ def test_model_text_survives_sample_filter_and_train_files(tmp_path, noise):
 
 @pytest.mark.parametrize("noise", NOISE.values(), ids=NOISE.keys())
 def test_model_text_survives_the_eval_partial_file(tmp_path, noise):
-    from lawshift.evaluation import PartialLog
+    from lawshift.evaluate.evaluation import PartialLog
 
     path = tmp_path / "predictions_base.jsonl.partial"
     log = PartialLog(path, {"run": 1})
@@ -83,7 +83,7 @@ def test_model_text_survives_the_eval_partial_file(tmp_path, noise):
 
 # ---- untrusted models ------------------------------------------------------------------------------------------
 
-SOURCES = sorted([*(REPO / "lawshift").glob("*.py"), *(REPO / "stages").glob("*.py")])
+SOURCES = sorted([*(REPO / "lawshift").rglob("*.py"), *(REPO / "stages").glob("*.py")])
 UNSAFE_TEXT = {
     "yaml.load (use yaml.safe_load)": re.compile(
         r"\byaml\.(?:load|load_all|unsafe_load|unsafe_load_all|full_load|full_load_all)\(|yaml\.(?:Unsafe|Full)?Loader\b"),
@@ -124,8 +124,9 @@ def unsafe_uses(source: str) -> list[str]:
 
 def test_the_scan_covers_every_module():
     names = {p.relative_to(REPO).as_posix() for p in SOURCES}
-    assert {"lawshift/journal.py", "lawshift/objective.py", "lawshift/paths.py", "lawshift/sftdata.py",
-            "lawshift/training.py", "lawshift/models.py", "stages/eval.py", "stages/train.py"} <= names
+    assert {"lawshift/core/journal.py", "lawshift/train/objective.py", "lawshift/core/paths.py",
+            "lawshift/train/sftdata.py",
+            "lawshift/train/training.py", "lawshift/core/models.py", "stages/eval.py", "stages/train.py"} <= names
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=[p.relative_to(REPO).as_posix() for p in SOURCES])
@@ -172,8 +173,8 @@ def test_pickle_weights_load_only_when_a_param_allows_it(tmp_path, tiny):
     with a message naming model.allow_pickle, and loads once it is allowed."""
     import torch
 
-    from lawshift import models
-    from lawshift.files import InputError
+    from lawshift.core import models
+    from lawshift.core.files import InputError
 
     pickled = tmp_path / "pickled"
     shutil.copytree(tiny.path, pickled, ignore=shutil.ignore_patterns("*.safetensors"))

@@ -1,6 +1,6 @@
 """No stale partial reused: a partial result made by other code is never continued.
 
-Every resumable file's header carries the digest of the code that wrote it (lawshift/codedeps.py): the sample and
+Every resumable file's header carries the digest of the code that wrote it (lawshift/core/codedeps.py): the sample and
 eval journals and the train checkpoints' journal. End to end: the sample stage of a copy of the repository is
 killed after it saved some cases, one module it runs is changed in the copy, and the rerun starts afresh and says
 why in one line; without the change the rerun continues.
@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from conftest import ENV, R1, REPO, interrupt_when, read_json
 
-from lawshift import codedeps
-from lawshift.codedeps import code_digest
-from lawshift.data import LABELS
-from lawshift.files import file_digest
+from lawshift.core import codedeps
+from lawshift.core.codedeps import code_digest
+from lawshift.core.files import file_digest
+from lawshift.task.data import LABELS
 
 
 def copy_repo(dst: Path) -> Path:
@@ -68,8 +68,10 @@ def test_a_partial_from_other_code_is_not_continued(project, tmp_path, change):
 
 def test_every_resumable_header_carries_its_stage_code(tmp_path):
     """The settings each stage journals hold the digest of its code; eval's also the label table's."""
-    from lawshift import evaluation, sampling, training
-    from lawshift.params import Params, SampleParams, TrainParams
+    from lawshift.core.params import Params, SampleParams, TrainParams
+    from lawshift.evaluate import evaluation
+    from lawshift.sample import sampling
+    from lawshift.train import training
 
     data = tmp_path / "d.json"
     data.write_text("[]", encoding="utf-8")
@@ -77,4 +79,4 @@ def test_every_resumable_header_carries_its_stage_code(tmp_path):
     assert training.run_settings("hub/id", data, TrainParams(), 0)["code"] == code_digest("train")
     settings = evaluation.run_settings(Params(), [], "hub/id", None)
     assert (settings["code"], settings["labels"]) == (code_digest("eval"), file_digest(LABELS))
-    assert "lawshift/labels.json" in codedeps.code_files("eval")
+    assert "lawshift/task/labels.json" in codedeps.code_files("eval")

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import ENV, EV, R1, REPO, read_json, run_stage, set_params
 
-from lawshift import paths
-from lawshift.generation import stream_seed
+from lawshift.core import paths
+from lawshift.engines.generation import stream_seed
 
 STANDIN = REPO / "tests" / "vllm_standin"
 SEED = 0

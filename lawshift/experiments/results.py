@@ -1,0 +1,137 @@
+"""The README's results table, regenerated from the metrics of the last run instead of typed by hand.
+
+    python -m lawshift.experiments.results            # rewrite the block between the results markers in README.md
+    python -m lawshift.experiments.results --print    # print the table only
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from lawshift.core import paths
+from lawshift.core.files import InputError, read_json, write_text
+from lawshift.core.params import load_params
+from lawshift.evaluate.evalmetrics import pct
+
+SEEDS = "metrics/seeds.json"  # written by python -m lawshift.experiments.seeds
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+FIGURES = {"acceptance": "acceptance", "coverage_first": "coverage after the first draws",
+           "coverage": "coverage after resampling", "train_exact": "train exact (mean)",
+           "train_pass_at_k": "train exact pass@k", "train_majority": "train exact majority vote",
+           "original": "LawShift original", "poisoned": "LawShift poisoned", "gap": "LawShift gap"}
+
+
+def _label(key: str) -> str:
+    model, figure = key.split(".", 1)
+    return f"{model}: {FIGURES.get(figure, figure)}"
+
+
+def spread_table(seeds: dict) -> list[str]:
+    """Lines of the seed table from metrics/seeds.json: each figure's default-seed value, mean and min–max."""
+    runs = seeds["seeds"]
+    default = runs[str(seeds["default_seed"])]
+    names = ", ".join(sorted(runs, key=int))
+    lines = [f"Over {len(runs)} seeds ({names}; `make seeds`, then `python -m lawshift.experiments.results`):", "",
+             f"| figure | seed {seeds['default_seed']} | mean | min–max |", "|---|---|---|---|"]
+    for key in default:
+        values = [r[key] for r in runs.values() if r.get(key) is not None]
+        if not values:
+            continue
+        lines.append(f"| {_label(key)} | {pct(default[key])} | {pct(sum(values) / len(values))} "
+                     f"| {pct(min(values))} – {pct(max(values))} |")
+    return lines
+
+
+def _read(path: Path) -> dict:
+    return read_json(path) if path.is_file() else {}
+
+
+def model_rows(root: Path, rounds: list[str]) -> list[str]:
+    """One row per model: as a policy, the acceptance and coverage of the round it sampled (the base samples
+    round1, round k's model samples round k+1; the last round's model samples none); as a judge, its eval."""
+    lines = ["| model | samples | acceptance | coverage: first draws → resampled | train exact: mean · pass@k · "
+             "majority | LawShift original | LawShift poisoned | gap |", "|---|---|---|---|---|---|---|---|"]
+    for k, name in enumerate([paths.BASE_MODEL, *rounds]):
+        m = _read(root / paths.eval_files(name)["metrics"])
+        sampled = rounds[k] if k < len(rounds) else None
+        f = _read(root / paths.round_files(sampled)["filter_metrics"]) if sampled else {}
+        o = m.get("overall", {})
+        lines.append(f"| {name} | {sampled or '–'} | {pct(f.get('acceptance_rate'))} "
+                     f"| {pct(f.get('coverage_first'))} → {pct(f.get('coverage'))} "
+                     f"| {pct(m.get('train_exact'))} · {pct(m.get('train_pass_at_k'))} · "
+                     f"{pct(m.get('train_majority'))} | {pct(o.get('original'))} | {pct(o.get('poisoned'))} "
+                     f"| {pct(o.get('gap'))} |")
+    return lines
+
+
+def round_notes(root: Path, rounds: list[str]) -> list[str]:
+    """One line per round: answers sampled, the cases resampled and the draws they cost, what training kept."""
+    out = []
+    for name in rounds:
+        where = paths.round_files(name)
+        s, f = _read(root / where["sample_metrics"]), _read(root / where["filter_metrics"])
+        if not s or not f:
+            continue
+        out.append(f"- {name}: {s['answers_generated']} answers for {s['cases']} cases, "
+                   f"{s.get('extra_answers', 0)} of them further draws for {s.get('cases_resampled', 0)} resampled "
+                   f"cases; {f['total_accepted']} accepted ({pct(f['acceptance_rate'])}), "
+                   f"{f['samples_with_no_correct']} cases with none; {f['sft_examples']} distinct answers trained on"
+                   + (f", {f['kept_previous']} of them kept from earlier rounds" if f.get("kept_previous") else "")
+                   + ".")
+    return out
+
+
+def results_table(root: str | Path = ".") -> str:
+    """The table from the metrics files of the project at `root` (paths as in lawshift/core/paths.py, rounds from its
+    params.yaml), and the spread over seeds from metrics/seeds.json when it is there and was made from the same
+    default run."""
+    root = Path(root)
+    rounds = list(load_params(root / "params.yaml").rounds)
+    if not (root / paths.eval_files(paths.BASE_MODEL)["metrics"]).is_file():
+        raise InputError(root / "metrics", "no eval metrics: run the pipeline first (make repro)")
+    k = _read(root / paths.eval_files(paths.BASE_MODEL)["metrics"]).get("k", 1)
+    lines = ["The default run (`make repro`; the same digits on every AMD EPYC tried, not on an Intel Sapphire "
+             "Rapids: docs/reproducibility.md); regenerate with `python -m lawshift.experiments.results`. "
+             f"Eval draws k = {k} answers per prompt: mean success, pass@{k} and majority vote.", "",
+             *model_rows(root, rounds), "", *round_notes(root, rounds)]
+    seeds_file = root / SEEDS
+    if seeds_file.is_file():
+        seeds = read_json(seeds_file)
+        default = seeds["seeds"][str(seeds["default_seed"])]
+        first = _read(root / paths.round_files(rounds[0])["filter_metrics"])
+        if default.get(f"{rounds[0]}.acceptance") != first.get("acceptance_rate"):
+            raise InputError(seeds_file, "made from another default run than the metrics here: rerun make seeds")
+        lines += ["", *spread_table(seeds)]
+    return "\n".join(lines)
+
+
+def update_readme(readme: str | Path, table: str) -> None:
+    text = Path(readme).read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise InputError(readme, f"no {START} … {END} block to update")
+    write_text(readme, pattern.sub(lambda _: f"{START}\n{table}\n{END}", text))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default=".", help="the project whose metrics/ to read")
+    ap.add_argument("--readme", default="README.md")
+    ap.add_argument("--print", action="store_true", help="print the table instead of updating the README")
+    args = ap.parse_args()
+    table = results_table(args.root)
+    if args.print:
+        print(table)
+    else:
+        update_readme(args.readme, table)
+        print(f"updated {args.readme}")
+
+
+if __name__ == "__main__":
+    from lawshift.core.files import run_stage
+
+    run_stage(main)

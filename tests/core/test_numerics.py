@@ -1,0 +1,69 @@
+"""Machine-independent CPU numerics: the base stage gives the same bytes whatever capability the machine offers.
+
+Another machine is emulated by forcing, from outside, what differs between machines: the kernels torch picks
+(ATEN_CPU_CAPABILITY), MKL's and oneDNN's instruction sets, the thread count. The stage pins them itself
+(lawshift/core/numerics.py), so every run must write byte-identical weights. The control shows that the forcing does
+reach the computation when nothing pins it: the same stage with the pins off (LAWSHIFT_NUMERICS=native) writes
+other bytes under another capability.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+from conftest import ENV, REPO, read_json
+
+from lawshift.core import numerics
+
+pytestmark = pytest.mark.slow
+
+# The warm-start is the computation most sensitive to float rounding (300 steps in the default run; 20 here).
+TINY = {"model": {"tiny": {"warmup_steps": 20, "hidden_size": 64, "intermediate_size": 256, "vocab_size": 1000}}}
+FORCED = {  # what another machine (or a caller) would pick: none of it may reach the result
+    "as is": {},
+    "generic kernels": {"ATEN_CPU_CAPABILITY": "default"},
+    "an AVX-512 machine": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AVX512", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+                           "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "DNNL_MAX_CPU_ISA": "AVX512_CORE"},
+    "MKL's automatic branch (what a non-Intel machine gets from an Intel-only one)": {"MKL_CBWR": "AUTO"},
+    "an AVX2 machine, one thread": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                                    "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1",
+                                    "MKL_NUM_THREADS": "1"},
+}
+
+
+def weights_digest(project, env: dict) -> str:
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "base.py")], cwd=project, env={**ENV, **env},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return hashlib.sha256((project / "models" / "base" / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_forced_capabilities_give_identical_bytes(project):
+    root = project(base=False, params=TINY)
+    digests = {name: weights_digest(root, env) for name, env in FORCED.items()}
+    assert len(set(digests.values())) == 1, digests
+    recorded = read_json(root / "metrics" / "time" / "base.json")["numerics"]
+    assert recorded["pinned"] is True
+    assert (recorded["aten_capability"], recorded["mkl_cbwr"], recorded["torch_threads"]) == ("AVX2", "COMPATIBLE",
+                                                                                             numerics.THREADS)
+
+
+def test_control_the_mkl_branch_reaches_the_bytes(project):
+    # without the pins, MKL's AUTO and COMPATIBLE branches write other weights: the MKL pin is not a no-op
+    root = project(base=False, params=TINY)
+    native = {branch: weights_digest(root, {"LAWSHIFT_NUMERICS": "native", "ATEN_CPU_CAPABILITY": "avx2",
+                                            "OMP_NUM_THREADS": "2", "MKL_CBWR": branch})
+              for branch in ("AUTO", "COMPATIBLE")}
+    assert native["AUTO"] != native["COMPATIBLE"]
+
+
+def test_control_without_the_pin_the_forcing_changes_the_bytes(project):
+    root = project(base=False, params=TINY)
+    native = {cap: weights_digest(root, {"LAWSHIFT_NUMERICS": "native", "ATEN_CPU_CAPABILITY": cap})
+              for cap in ("default", "avx2")}
+    assert native["default"] != native["avx2"]
+    recorded = read_json(root / "metrics" / "time" / "base.json")["numerics"]
+    assert recorded["pinned"] is False and recorded["aten_capability"] == "AVX2"
