@@ -72,18 +72,24 @@ def test_control_without_the_pin_the_forcing_changes_the_bytes(project):
 
 # --- MKL's vendor dispatch (issue 27) ----------------------------------------------------------------------------
 # MKL asks the CPU who made it (mkl_serv_intel_cpu, mkl_serv_cpuiszen, exported by libtorch_cpu.so and called
-# through its PLT) and, on a CPU it takes for an AMD Zen, runs its own sgemm kernels whatever MKL_CBWR says. The
-# environment pins cannot reach that choice, so this test makes it from outside: a preloaded shim answers MKL's
-# vendor questions as an AMD Zen would, and the first matmul of the warm-start (the first q_proj addmm, op 247 of
-# the base stage's trace) must give the same bytes as on this machine. docs/reproducibility.md has the traces.
+# through its PLT) and, on a CPU it takes for an AMD Zen, runs its own SGEMM kernels whatever MKL_CBWR says. An AMD
+# machine is emulated by a library answering those queries as a Zen: loaded into the global symbol scope before
+# torch, it reaches MKL. The pin loads the Intel answers first (numerics.pin_mkl_vendor), so the first matmul of the
+# warm-start (the first q_proj addmm, op 247 of the base stage's trace) must keep its bytes. docs/reproducibility.md.
 ZEN_SHIM = """
 int mkl_serv_intel_cpu_true(void) { return 0; }
 int mkl_serv_intel_cpu(void) { return 0; }
 int mkl_serv_cpuiszen(void) { return 1; }
 """
 FIRST_ADDMM = """
-import hashlib, lawshift, torch
-from lawshift import numerics
+import ctypes, sys
+if sys.argv[1] == "zen before the pin":
+    ctypes.CDLL(sys.argv[2], mode=ctypes.RTLD_GLOBAL)
+import lawshift
+if sys.argv[1] == "zen after the pin":
+    ctypes.CDLL(sys.argv[2], mode=ctypes.RTLD_GLOBAL)
+import hashlib, torch
+from lawshift.core import numerics
 numerics.configure_torch()
 g = torch.Generator().manual_seed(0)
 x, w, b = torch.randn(2512, 128, generator=g), torch.randn(128, 128, generator=g), torch.randn(128, generator=g)
@@ -109,17 +115,21 @@ def mkl_vendor_shim(tmp_path) -> str:
     return str(so)
 
 
-def first_addmm_digest(env: dict) -> str:
-    proc = subprocess.run([sys.executable, "-c", FIRST_ADDMM], env={**ENV, **env}, capture_output=True, text=True,
+def first_addmm_digest(how: str, shim: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", FIRST_ADDMM, how, shim], env=ENV, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.split()[-1]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 27: MKL's sgemm on a CPU it takes for an AMD Zen ignores MKL_CBWR; "
-                                       "no pin reaches it yet (docs/reproducibility.md)")
 def test_matmul_same_bytes_when_mkl_sees_an_amd_zen(tmp_path):
-    # strict: if the shim stopped reaching MKL (or a pin fixed the path), this passes and the xfail must go
     shim = mkl_vendor_shim(tmp_path)
-    digests = {"this CPU": first_addmm_digest({}), "as AMD Zen": first_addmm_digest({"LD_PRELOAD": shim})}
-    assert len(set(digests.values())) == 1, digests
+    digests = {how: first_addmm_digest(how, shim) for how in ("this CPU", "zen after the pin", "zen before the pin")}
+    assert digests["zen after the pin"] == digests["this CPU"], digests  # the pin's Intel answers win
+    # control: the Zen answers do reach MKL's SGEMM and change its bytes when nothing answers before them
+    assert digests["zen before the pin"] != digests["this CPU"], digests
+
+
+def test_the_vendor_pin_is_recorded_and_skipped_after_torch():
+    assert numerics.settings()["mkl_vendor"] in ("intel", "no C compiler", "not x86-64 Linux (no MKL)")
+    assert numerics.pin_mkl_vendor() == "torch imported before lawshift"  # torch is loaded by now
