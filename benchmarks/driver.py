@@ -22,8 +22,6 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.common import PROG
-
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "lawshift-sample"
 ANSWERS = ("<think>容留他人吸毒，情节一般。</think><answer> 容留他人吸毒 | 7 </answer>",
            "<think>不构成犯罪。</think><answer> 不违规 </answer>",
@@ -170,9 +168,12 @@ def add_parser(sub) -> None:
     d.add_argument("--cases", type=int, default=20000, help="training cases, 8 answers each (default 20,000)")
     d.add_argument("--eval-cases", type=int, default=244, help="cases per folder and split (default 244)")
     d.add_argument("--workers", type=int, default=1, help="1: the engine in process; more: a Ray pool of them")
-    d.add_argument("--out", type=Path, default=Path("metrics/bench.json"))
+    d.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
     d.set_defaults(run=driver_bench, show=print_driver)
 
 
-if __name__ == "__main__":
-    print(f"run it as {PROG} driver", file=sys.stderr)
+if __name__ == "__main__":  # the same as `python -m benchmarks driver …`
+    from benchmarks.__main__ import main
+    from lawshift.core.files import run_stage
+
+    run_stage(lambda: main(["driver", *sys.argv[1:]]))

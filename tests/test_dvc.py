@@ -124,12 +124,14 @@ def test_dvc_yaml_reads_paths_from_the_module_dvc_can_read():
             ast.literal_eval(node.value)
 
 
-def test_top_level_metrics_name_files_no_stage_writes(stages):
-    """The stages declare their own metrics (their number follows the rounds); the top level adds only the
-    benchmark's file."""
+def test_the_metrics_are_the_stages_results_alone(stages):
+    """The stages declare their own metrics (their number follows the rounds), and nothing else is one: no top-level
+    metrics (benchmark figures live in benchmarks/results.json), and every declared metrics file is under metrics/."""
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
-    declared = set().union(*(outs | metrics for _, _, outs, metrics in stages.values()))
-    assert spec["metrics"] == ["metrics/bench.json"] and "metrics/bench.json" not in declared
+    declared = set().union(*(metrics for _, _, _, metrics in stages.values()))
+    assert "metrics" not in spec
+    assert declared and all(m.startswith("metrics/") for m in declared)
+    assert not (REPO / "metrics" / "bench.json").exists() and (REPO / "benchmarks" / "results.json").is_file()
 
 
 def _per_model_plots(rounds) -> dict[str, set[str]]:

@@ -118,7 +118,7 @@ def update_readme(readme: str | Path, table: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m lawshift.experiments.results", description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=".", help="the project whose metrics/ to read")
     ap.add_argument("--readme", default="README.md")
     ap.add_argument("--print", action="store_true", help="print the table instead of updating the README")
