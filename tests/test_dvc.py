@@ -166,7 +166,8 @@ def test_charts_stage_depends_on_folders_holding_every_models_plot_file(stages):
 
 def test_one_chart_per_kind_from_the_charts_stage_and_no_per_model_charts():
     """`dvc plots show` draws the top-level charts alone, each from a charts-stage file, one per kind (two from
-    the train curves: loss and learning rate), each titled with what it shows and which models."""
+    the train curves: the loss; every round shares one learning-rate schedule, so its chart would compare nothing),
+    each titled with what it shows and which models."""
     from dvc.repo import Repo
 
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
@@ -179,8 +180,7 @@ def test_one_chart_per_kind_from_the_charts_stage_and_no_per_model_charts():
     assert sources == {(paths.CHARTS["eval_folders"]["chart"], "folder"),
                        (paths.CHARTS["eval_term_errors"]["chart"], "share"),
                        (paths.CHARTS["filter_accepted"]["chart"], "cases"),
-                       (paths.CHARTS["train_curves"]["chart"], "loss"),
-                       (paths.CHARTS["train_curves"]["chart"], "learning_rate")}
+                       (paths.CHARTS["train_curves"]["chart"], "loss")}
     for name, props in charts.items():
         assert (REPO / ".dvc" / "plots" / f"{props['template']}.json").is_file(), name
         (file,) = props["y"]
