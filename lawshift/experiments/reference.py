@@ -67,9 +67,10 @@ def overrides(lawshift: str) -> list[str]:
     return ["-S", f"data.root={root}", "-S", f"data.train_articles={root.rstrip('/')}/criminal_law_articles.json"]
 
 
-def detect_gpus(proc: Path = NVIDIA) -> tuple[int, str]:
+def detect_gpus(proc: Path | None = None) -> tuple[int, str]:
     """How many NVIDIA GPUs this machine has, and where that was read: the driver's /proc entries, else
     `nvidia-smi -L`. Neither touches CUDA, so no process here holds CUDA state a forked engine could not use."""
+    proc = NVIDIA if proc is None else proc
     if proc.is_dir() and (n := len(list(proc.iterdir()))):
         return n, str(proc)
     smi = shutil.which("nvidia-smi")
