@@ -1,10 +1,8 @@
 """The experiments side by side in at most 15 columns, from `dvc exp show --json` (make compare).
 
-    python -m lawshift.experiments.compare                 # the workspace, HEAD and HEAD's experiments (make seeds,
-    make reference)
-    python -m lawshift.experiments.compare -A              # any other `dvc exp show` options are passed on (-A: every
-    commit)
-    python -m lawshift.experiments.compare --json FILE     # a saved `dvc exp show --json` instead of running DVC
+    python -m lawshift.experiments.compare     # the workspace, HEAD and HEAD's experiments (make seeds, make reference)
+    python -m lawshift.experiments.compare -A  # any other `dvc exp show` options are passed on (-A: every commit)
+    python -m lawshift.experiments.compare --json FILE   # a saved `dvc exp show --json` instead of running DVC
 
 One row per run; the columns: the params whose values differ between the runs, then per round its sampling
 (filter.json: acceptance, coverage after the first draws and after resampling) and per model, the base and each
