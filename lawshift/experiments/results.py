@@ -145,10 +145,8 @@ def update_readme(readme: str | Path, table: str, timing: str | None = None) -> 
     updated = update_block(text, START, END, table)
     if updated is None:
         raise InputError(readme, f"no {START} … {END} block to update")
-    if timing is not None:
-        updated = update_block(updated, *TIMINGS, timing, inline=True)
-        if updated is None:
-            raise InputError(readme, f"no {TIMINGS[0]} … {TIMINGS[1]} block to update")
+    if timing is not None:  # a README without the timings block keeps the table alone
+        updated = update_block(updated, *TIMINGS, timing, inline=True) or updated
     write_text(readme, updated)
 
 
@@ -158,9 +156,10 @@ def main() -> None:
     ap.add_argument("--readme", default="README.md")
     ap.add_argument("--print", action="store_true", help="print the table instead of updating the README")
     args = ap.parse_args()
-    table, timing = results_table(args.root), timings(args.root)
+    table = results_table(args.root)
+    timing = timings(args.root) if (Path(args.root) / paths.BASE_TIME).is_file() else None
     if args.print:
-        print(f"{table}\n\n{timing}")
+        print(table if timing is None else f"{table}\n\n{timing}")
     else:
         update_readme(args.readme, table, timing)
         print(f"updated {args.readme}")
