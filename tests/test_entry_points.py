@@ -1,12 +1,14 @@
 """Every entry point answers `--help` and a bad argument without running anything: the stage scripts, each
 `python -m lawshift.…` module with a main, and `python -m benchmarks …` (its subcommands included). Each must exit 0
-with a usage line for `--help`, exit 2 with an error for an unknown option, and leave every file of the
-repository as it was (mtimes and sizes of the work tree, DVC outputs included, and `git status`)."""
+with a usage line for `--help`, exit 2 with an error for an unknown option, and leave every file as it was. They run
+in a copy of the repository (a stage that ran anyway writes there, not over the work tree's outputs), with their own
+copy of the package first on the path; the test compares every file's mtime and size before and after."""
 
 from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 
@@ -47,17 +49,23 @@ def entry_points() -> list:
     return stages + modules + bench
 
 
-def snapshot() -> tuple[dict, str]:
-    """Every file of the work tree (DVC outputs and ignored files too) with its mtime and size, and `git status`."""
+@pytest.fixture(scope="module")
+def copy(tmp_path_factory):
+    """The repository's files (no git, no venvs, no caches) in a temporary folder."""
+    root = tmp_path_factory.mktemp("repo") / "repo"
+    shutil.copytree(REPO, root, ignore=lambda folder, names: [n for n in names if n in SKIP or n.startswith(".venv")])
+    return root
+
+
+def snapshot(root) -> dict[str, tuple[int, int]]:
+    """Every file under `root` (outputs and ignored files too; no caches) with its mtime and size."""
     files = {}
-    for folder, dirs, names in os.walk(REPO):
-        dirs[:] = [d for d in dirs if d not in SKIP and not d.startswith(".venv")]
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIP]
         for name in names:
             stat = os.stat(os.path.join(folder, name))
-            files[os.path.relpath(os.path.join(folder, name), REPO)] = (stat.st_mtime_ns, stat.st_size)
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO, capture_output=True,
-                            text=True, check=True).stdout
-    return files, status
+            files[os.path.relpath(os.path.join(folder, name), root)] = (stat.st_mtime_ns, stat.st_size)
+    return files
 
 
 def test_the_package_modules_with_a_main_are_found():
@@ -67,13 +75,13 @@ def test_the_package_modules_with_a_main_are_found():
 
 
 @pytest.mark.parametrize("cmd", entry_points())
-def test_help_and_a_bad_argument_run_nothing(cmd):
-    before = snapshot()
-    helped = subprocess.run([sys.executable, *cmd, "--help"], cwd=REPO, env=ENV, capture_output=True, text=True,
+def test_help_and_a_bad_argument_run_nothing(cmd, copy):
+    before, env = snapshot(copy), {**ENV, "PYTHONPATH": str(copy)}
+    helped = subprocess.run([sys.executable, *cmd, "--help"], cwd=copy, env=env, capture_output=True, text=True,
                             timeout=300)
     assert helped.returncode == 0, helped.stderr[-2000:]
     assert any(line.startswith("usage: ") for line in helped.stdout.splitlines()), helped.stdout[:500]
-    bad = subprocess.run([sys.executable, *cmd, "--no-such-option"], cwd=REPO, env=ENV, capture_output=True,
+    bad = subprocess.run([sys.executable, *cmd, "--no-such-option"], cwd=copy, env=env, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "error" in bad.stderr, bad.stdout[-1000:] + bad.stderr[-1000:]
-    assert snapshot() == before
+    assert snapshot(copy) == before
