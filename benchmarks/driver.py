@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.common import PROG
+
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "lawshift-sample"
 ANSWERS = ("<think>容留他人吸毒，情节一般。</think><answer> 容留他人吸毒 | 7 </answer>",
            "<think>不构成犯罪。</think><answer> 不违规 </answer>",
@@ -172,8 +174,6 @@ def add_parser(sub) -> None:
     d.set_defaults(run=driver_bench, show=print_driver)
 
 
-if __name__ == "__main__":  # the same as `python -m benchmarks driver …`
-    from benchmarks.__main__ import main
-    from lawshift.core.files import run_stage
-
-    run_stage(lambda: main(["driver", *sys.argv[1:]]))
+if __name__ == "__main__":  # the benchmark runs as a subcommand, which writes its entry of benchmarks/results.json
+    argparse.ArgumentParser(prog="python -m benchmarks.driver", description=f"run it as {PROG} driver").parse_args()
+    sys.exit(f"run it as {PROG} driver")
