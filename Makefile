@@ -43,12 +43,16 @@ compare: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lawshift.experiments.compare
 
 # The reference profile (Qwen2.5-0.5B-Instruct, full LawShift, original hyperparameters) on a GPU machine:
-#   make reference LAWSHIFT=/path/to/LawShift
-# It runs profiles/reference.yaml as the DVC experiment `reference` and puts params.yaml back as it was, also after a
-# failure or Ctrl-C; refused while params.yaml has uncommitted changes (lawshift/experiments/reference.py).
+#   make reference LAWSHIFT=/path/to/LawShift [ARGS="-S train.num_train_epochs=1 …"]
+# It says in one line which stack it chose and why: with an NVIDIA GPU (or LAWSHIFT_STACK=gpu) the GPU stack, i.e.
+# make gpu-venv, then the run in .venv-gpu with sample and eval on vLLM; otherwise .venv and the profile's backends.
+# ARGS' -S options go on to dvc exp run. It runs profiles/reference.yaml as the DVC experiment `reference` and puts
+# params.yaml back as it was, also after a failure or Ctrl-C (lawshift/experiments/reference.py).
 reference: $(STAMP)
-	@test -n "$(LAWSHIFT)" || { echo "usage: make reference LAWSHIFT=/path/to/LawShift"; exit 2; }
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lawshift.experiments.reference '$(LAWSHIFT)'
+	@test -n "$(LAWSHIFT)" || { echo "usage: make reference LAWSHIFT=/path/to/LawShift [ARGS='-S key=value …']"; exit 2; }
+	@stack=$$($(BIN)/python -m lawshift.experiments.reference --which-stack) || exit $$?; bin="$(BIN)"; \
+	if [ "$$stack" = gpu ]; then $(MAKE) --no-print-directory gpu-venv || exit $$?; bin="$(GPU_VENV)/bin"; fi; \
+	PATH="$(CURDIR)/$$bin:$$PATH" "$$bin/python" -m lawshift.experiments.reference --stack "$$stack" '$(LAWSHIFT)' $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

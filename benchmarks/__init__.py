@@ -6,7 +6,7 @@ Run from the repository root, one command for all of them (see `benchmarks/__mai
     python -m benchmarks train           # benchmarks/train.py: random vs length-grouped micro-batches
     python -m benchmarks gpu_smoke       # benchmarks/gpu_smoke.py: the pipeline on a CUDA machine
 
-Each of the first two writes its own entry of `metrics/bench.json` (keeping the others) and prints a table.
+Each of the first two writes its own entry of `benchmarks/results.json` (keeping the others) and prints a table.
 """
 
 import os

@@ -1,4 +1,4 @@
-"""Benchmarks, run side by side in one process and written to `metrics/bench.json`.
+"""Benchmarks, run side by side in one process and written to `benchmarks/results.json`.
 
     python -m benchmarks sampling                    # defaults: params.yaml's sample.* on models/base
     python -m benchmarks sampling --cases 16 --n 8 --max-new-tokens 256 --threads 2
@@ -8,7 +8,7 @@
 
 Run from the repository root. `sampling` (benchmarks/sampling.py) times the reference's per-case generate loop,
 batched generate and the project's sampler; `train` (benchmarks/train.py) times the train stage with random and
-with length-grouped micro-batches. Each replaces its own entry of `metrics/bench.json`, keeps the others, and
+with length-grouped micro-batches. Each replaces its own entry of `benchmarks/results.json`, keeps the others, and
 prints its table; `python -m benchmarks <name> --help` lists its options.
 """
 
@@ -37,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
-    if getattr(args, "standalone", False):  # gpu_smoke: its own output and exit status, no metrics/bench.json entry
+    if getattr(args, "standalone", False):  # gpu_smoke: its own output and exit status, no results entry
         sys.exit(args.run(args))
     args.argv = argv
     result = args.run(args)

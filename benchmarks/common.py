@@ -1,4 +1,4 @@
-"""What the benchmarks share: the environment record, the `metrics/bench.json` entry, the common options (threads,
+"""What the benchmarks share: the environment record, the `benchmarks/results.json` entry, the common options (threads,
 params, output file) and the long prompts (the case's prompt with further articles of the articles file).
 
 Not run on its own: `python -m benchmarks sampling|train` (benchmarks/__main__.py) uses it.
@@ -19,7 +19,7 @@ from lawshift.task.data import Case
 from lawshift.task.prompts import Prompt, render_prompt
 
 BASE = Path(paths.BASE)
-OUT = Path("metrics/bench.json")
+OUT = Path("benchmarks/results.json")
 PROG = "python -m benchmarks"
 
 
@@ -49,7 +49,7 @@ def add_common_options(parser: argparse.ArgumentParser, threads_help: str) -> No
 
 
 def write_entry(path: Path, name: str, entry: dict) -> None:
-    """Replace one benchmark's entry of the metrics file, keeping the others."""
+    """Replace one benchmark's entry of the results file, keeping the others."""
     current = files.read_json(path) if path.is_file() else {}
     if not isinstance(current, dict):
         raise InputError(path, "must be a JSON object; delete it to start afresh")

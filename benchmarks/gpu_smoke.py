@@ -117,7 +117,7 @@ def add_options(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def add_parser(sub) -> None:
-    """The `gpu_smoke` subcommand of `python -m benchmarks` (its own output and exit status, no bench.json)."""
+    """The `gpu_smoke` subcommand of `python -m benchmarks` (own output and exit status; no results entry)."""
     p = sub.add_parser(NAME, help="the pipeline on CUDA with vLLM, 4-bit and the paged optimizer, in minutes",
                        description=__doc__.split("\n\n")[0])
     add_options(p)

@@ -6,7 +6,7 @@
 The same cases, model, N, max_new_tokens and seed, three ways: one `generate(num_return_sequences=N)` per case (the
 reference), the project's batching with plain `generate`, and the project's sampler (shared prefill, finished
 answers dropped). On the real prompts, on long-prompt variants as long as Qwen's tokenizer makes them, and with
-answers capped. Reports tokens/s, prefill and decode time, and writes the `sampling` entry of metrics/bench.json.
+answers capped. Reports tokens/s, prefill and decode time, and writes the `sampling` entry of benchmarks/results.json.
 docs/benchmarks.md explains each run.
 """
 

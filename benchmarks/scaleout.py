@@ -95,5 +95,5 @@ def add_parser(sub) -> None:
     s.add_argument("--cases", type=int, default=48, help="training cases to sample (default 48)")
     s.add_argument("--workers", type=int, nargs="+", default=[2], help="pool sizes to compare with 1 (default: 2)")
     s.add_argument("--params", default="params.yaml")
-    s.add_argument("--out", type=Path, default=Path("metrics/bench.json"))
+    s.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
     s.set_defaults(run=scaleout_bench, show=print_scaleout)

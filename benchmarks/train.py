@@ -5,7 +5,7 @@
 
 Runs `lawshift.train.training.train_sft` twice on the same data and seed, with `train.group_by_length` false and true,
 into a temporary directory, after an untimed warm-up; a second pair mixes in long prompts (`--mixed-prompt-tokens`).
-Reports trained and padded tokens/s and the padding share, and writes the `train` entry of metrics/bench.json.
+Reports trained and padded tokens/s and the padding share, and writes the `train` entry of benchmarks/results.json.
 docs/benchmarks.md explains each run.
 """
 

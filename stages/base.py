@@ -29,4 +29,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    files.command_line("stages/base.py", __doc__)
     files.run_stage(main)

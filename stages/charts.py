@@ -18,4 +18,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    files.command_line("stages/charts.py", __doc__)
     files.run_stage(main)

@@ -8,7 +8,6 @@ eval.
     python stages/filter.py round1   # normally: dvc repro filter@round1
 """
 
-import sys
 from pathlib import Path
 
 from lawshift.core import files, paths
@@ -33,4 +32,5 @@ def main(name: str = "round1") -> None:
 
 
 if __name__ == "__main__":
-    files.run_stage(lambda: main(*sys.argv[1:2]))
+    args = files.command_line("stages/filter.py", __doc__, positional=("round", "round1", "the round to filter"))
+    files.run_stage(lambda: main(args.round))

@@ -13,7 +13,6 @@ logs`). The data side, the objective and the run: lawshift/train/ (sftdata, obje
 """
 
 import csv
-import sys
 from pathlib import Path
 
 from lawshift.core import files, models, paths
@@ -53,4 +52,5 @@ def main(name: str = "round1") -> None:
 
 
 if __name__ == "__main__":
-    files.run_stage(lambda: main(*sys.argv[1:2]))
+    args = files.command_line("stages/train.py", __doc__, positional=("round", "round1", "the round to train"))
+    files.run_stage(lambda: main(args.round))

@@ -1,6 +1,6 @@
 """Tests for benchmarks/ (`python -m benchmarks sampling|train`): the command line, the forward-pass timer, the
 long-prompt and mixed-lengths variants, the metrics file, and small `sampling` and `train` runs end to end on the
-tiny model that write metrics/bench.json. Runs of a benchmark, a training loop or a subprocess are marked slow."""
+tiny model that write benchmarks/results.json. Runs of a benchmark, a training loop or a subprocess are marked slow."""
 
 from __future__ import annotations
 
@@ -46,12 +46,12 @@ def test_one_command_with_each_benchmarks_options_and_defaults():
     assert (s.run, s.show) == (sampling.sampling_bench, sampling.print_sampling)
     assert (s.cases, s.n, s.max_new_tokens, s.batch_size) == (None, None, None, None)
     assert (s.long_prompt_tokens, s.short_answer_tokens, s.threads) == (1100, 64, 1)
-    assert (s.params, s.out) == ("params.yaml", Path("metrics/bench.json"))
+    assert (s.params, s.out) == ("params.yaml", Path("benchmarks/results.json"))
     t = ap.parse_args(["train", "--epochs", "2", "--no-warm-up"])
     assert (t.run, t.show) == (train.train_bench, train.print_train)
     assert (t.epochs, t.max_steps, t.sft, t.mixed_prompt_tokens, t.warm_up) == (
         2.0, None, Path(R1["sft"]), 800, False)
-    assert (t.threads, t.params, t.out) == (1, "params.yaml", Path("metrics/bench.json"))
+    assert (t.threads, t.params, t.out) == (1, "params.yaml", Path("benchmarks/results.json"))
     with pytest.raises(SystemExit):
         ap.parse_args([])  # a benchmark must be named
 
@@ -129,9 +129,9 @@ def bench_project(project) -> Path:
 @pytest.mark.slow
 def test_sampling_bench_writes_its_entry_and_keeps_the_others(bench_project, capsys):
     project = bench_project
-    files.write_json(project / "metrics" / "bench.json", {"train": {"kept": True}})
+    files.write_json(project / "benchmarks" / "results.json", {"train": {"kept": True}})
     main(["sampling", "--n", "3", "--long-prompt-tokens", "400", "--short-answer-tokens", "6", "--threads", "1"])
-    out = read_json(project / "metrics" / "bench.json")
+    out = read_json(project / "benchmarks" / "results.json")
     assert out["train"] == {"kept": True}
     result = out["sampling"]
     assert result["command"] == ("python -m benchmarks sampling --n 3 --long-prompt-tokens 400 "
@@ -156,7 +156,7 @@ def test_sampling_bench_writes_its_entry_and_keeps_the_others(bench_project, cap
         assert per_case["prefill_tokens"] == 3 * sampler["prefill_tokens"]
         assert batched["prefill_tokens"] >= per_case["prefill_tokens"]  # n copies of padded batches
     printed = capsys.readouterr().out
-    assert "sampler" in printed and "tok/s" in printed and "wrote metrics/bench.json" in printed
+    assert "sampler" in printed and "tok/s" in printed and "wrote benchmarks/results.json" in printed
 
 
 def test_bench_file_that_is_not_an_object_is_an_input_error(tmp_path):
@@ -223,9 +223,9 @@ def test_train_bench_writes_its_entry_and_keeps_the_others(bench_project, capsys
     project = bench_project
     tokenizer = models.load_tokenizer(str(project / "models" / "base"))
     sft = varied_sft(tokenizer, project / R1["sft"], [0, 40, 0, 40])
-    files.write_json(project / "metrics" / "bench.json", {"sampling": {"kept": True}})
+    files.write_json(project / "benchmarks" / "results.json", {"sampling": {"kept": True}})
     main(["train", "--max-steps", "2", "--mixed-prompt-tokens", "500", "--no-warm-up", "--threads", "1"])
-    out = read_json(project / "metrics" / "bench.json")
+    out = read_json(project / "benchmarks" / "results.json")
     assert out["sampling"] == {"kept": True}
     result = out["train"]
     assert result["command"] == ("python -m benchmarks train --max-steps 2 --mixed-prompt-tokens 500 --no-warm-up "
@@ -247,4 +247,4 @@ def test_train_bench_writes_its_entry_and_keeps_the_others(bench_project, capsys
     assert sft.is_file() and not (project / "checkpoints").exists() and not (project / "dvclive").exists()
     printed = capsys.readouterr().out
     assert "real data" in printed and "mixed_lengths data" in printed and "group_by_length / random" in printed
-    assert "wrote metrics/bench.json" in printed
+    assert "wrote benchmarks/results.json" in printed

@@ -124,12 +124,14 @@ def test_dvc_yaml_reads_paths_from_the_module_dvc_can_read():
             ast.literal_eval(node.value)
 
 
-def test_top_level_metrics_name_files_no_stage_writes(stages):
-    """The stages declare their own metrics (their number follows the rounds); the top level adds only the
-    benchmark's file."""
+def test_the_metrics_are_the_stages_results_alone(stages):
+    """The stages declare their own metrics (their number follows the rounds), and nothing else is one: no top-level
+    metrics (benchmark figures live in benchmarks/results.json), and every declared metrics file is under metrics/."""
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
-    declared = set().union(*(outs | metrics for _, _, outs, metrics in stages.values()))
-    assert spec["metrics"] == ["metrics/bench.json"] and "metrics/bench.json" not in declared
+    declared = set().union(*(metrics for _, _, _, metrics in stages.values()))
+    assert "metrics" not in spec
+    assert declared and all(m.startswith("metrics/") for m in declared)
+    assert not (REPO / "metrics" / "bench.json").exists() and (REPO / "benchmarks" / "results.json").is_file()
 
 
 def _per_model_plots(rounds) -> dict[str, set[str]]:
@@ -164,7 +166,8 @@ def test_charts_stage_depends_on_folders_holding_every_models_plot_file(stages):
 
 def test_one_chart_per_kind_from_the_charts_stage_and_no_per_model_charts():
     """`dvc plots show` draws the top-level charts alone, each from a charts-stage file, one per kind (two from
-    the train curves: loss and learning rate), each titled with what it shows and which models."""
+    the train curves: the loss; every round shares one learning-rate schedule, so its chart would compare nothing),
+    each titled with what it shows and which models."""
     from dvc.repo import Repo
 
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
@@ -177,8 +180,7 @@ def test_one_chart_per_kind_from_the_charts_stage_and_no_per_model_charts():
     assert sources == {(paths.CHARTS["eval_folders"]["chart"], "folder"),
                        (paths.CHARTS["eval_term_errors"]["chart"], "share"),
                        (paths.CHARTS["filter_accepted"]["chart"], "cases"),
-                       (paths.CHARTS["train_curves"]["chart"], "loss"),
-                       (paths.CHARTS["train_curves"]["chart"], "learning_rate")}
+                       (paths.CHARTS["train_curves"]["chart"], "loss")}
     for name, props in charts.items():
         assert (REPO / ".dvc" / "plots" / f"{props['template']}.json").is_file(), name
         (file,) = props["y"]

@@ -11,6 +11,7 @@ Two rules hold for every file the pipeline touches:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -19,7 +20,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +178,15 @@ def run_stage(main: Callable[[], Any]) -> None:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def command_line(prog: str, doc: str | None, argv: Sequence[str] | None = None,
+                 positional: tuple[str, str, str] | None = None) -> argparse.Namespace:
+    """A stage's or tool's arguments, parsed before it does anything: `--help` prints the usage and the docstring's
+    first paragraph and exits 0, a bad argument exits 2. `positional` = (name, default, help): one optional
+    positional argument, e.g. a stage's round."""
+    ap = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0])
+    if positional:
+        name, default, text = positional
+        ap.add_argument(name, nargs="?", default=default, help=f"{text} (default: {default})")
+    return ap.parse_args(sys.argv[1:] if argv is None else argv)

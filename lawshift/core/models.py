@@ -204,8 +204,8 @@ def settle_pointer(mp, out_dir: str | Path) -> dict:
     pointer = {"name_or_path": mp.base, "revision": None if local else folder.name, "files": file_hashes(folder)}
     with atomic_path(out_dir) as tmp:
         write_pointer(tmp, pointer)
-    return {"kind": "pointer", "name_or_path": mp.base, "revision": pointer["revision"],
-            "files": len(pointer["files"])}
+    return {"base_kind": "pointer", "base_name_or_path": mp.base, "base_revision": pointer["revision"],
+            "base_files": len(pointer["files"])}
 
 
 def offline_env() -> None:

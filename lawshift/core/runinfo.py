@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import resource
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,4 +69,6 @@ def summary(root: str | Path = ".") -> str:
 
 
 if __name__ == "__main__":
-    print(summary(sys.argv[1] if len(sys.argv) > 1 else "."))
+    args = files.command_line("python -m lawshift.core.runinfo", __doc__,
+                              positional=("root", ".", "the project whose metrics/time/ to sum"))
+    print(summary(args.root))

@@ -1,15 +1,14 @@
 """The experiments side by side in at most 15 columns, from `dvc exp show --json` (make compare).
 
-    python -m lawshift.experiments.compare                 # the workspace, HEAD and HEAD's experiments (make seeds,
-    make reference)
-    python -m lawshift.experiments.compare -A              # any other `dvc exp show` options are passed on (-A: every
-    commit)
-    python -m lawshift.experiments.compare --json FILE     # a saved `dvc exp show --json` instead of running DVC
+    python -m lawshift.experiments.compare     # the workspace, HEAD and HEAD's experiments (make seeds, make reference)
+    python -m lawshift.experiments.compare -A  # any other `dvc exp show` options are passed on (-A: every commit)
+    python -m lawshift.experiments.compare --json FILE   # a saved `dvc exp show --json` instead of running DVC
 
 One row per run; the columns: the params whose values differ between the runs, then per round its sampling
 (filter.json: acceptance, coverage after the first draws and after resampling) and per model, the base and each
 round's, its eval (train exact: mean, pass@k, majority; LawShift: original, poisoned, gap) - the figures of the
-README's results table (lawshift/experiments/results.py). The rounds come from `rounds` in each run's params.
+README's results table (lawshift/experiments/results.py). The rounds come from `rounds` in each run's params. When
+the runs ran on different CPU families (`numerics.cpu` in their metrics/time files), a note names each run's.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from lawshift.core.files import InputError, read_text
 LIMIT = 15  # columns, the run's name included
 PARAMS_FILE = "params.yaml"
 MISSING = "–"
+TIME_DIR = "metrics/time/"  # each stage's time file, with the numerics (and CPU) it ran under
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,22 @@ def lawshift(run: Run, model: str) -> str:
     return "/".join(pct(o.get(k)) for k in ("original", "poisoned", "gap"))
 
 
+def cpu_family(run: Run) -> str:
+    """The CPU family (or families) a run's stages ran on, from the `numerics.cpu` of its metrics/time files."""
+    found = {(m.get("numerics") or {}).get("cpu") or m.get("cpu") for f, m in run.metrics.items()
+             if f.startswith(TIME_DIR) and isinstance(m, dict)}
+    return " + ".join(sorted(c for c in found if isinstance(c, str))) or MISSING
+
+
+def cpu_note(runs: Sequence[Run]) -> list[str]:
+    """One note naming each run's CPU family, when the runs that record one do not all share it."""
+    families = {run.name: cpu_family(run) for run in runs}
+    if len({f for f in families.values() if f != MISSING}) < 2:
+        return []
+    return ["CPU family per run (the same params give other figures on another family: docs/reproducibility.md): "
+            + "; ".join(f"{name} {family}" for name, family in families.items())]
+
+
 def _k(runs: Sequence[Run]) -> str:
     evals = {paths.eval_files(m)["metrics"] for m in (paths.BASE_MODEL, *rounds_of(runs))}
     ks = {m["k"] for r in runs for f, m in r.metrics.items() if f in evals and "k" in m}
@@ -154,6 +170,7 @@ def table(runs: Sequence[Run], limit: int = LIMIT) -> Table:
     notes = ["in %: acc (cov) = the round's acceptance (its coverage after the first draws→after resampling)",
              f"exact = train exact mean/pass@{k}/majority of {k} answers; LawShift = original/poisoned/gap"
              + ("" if split else " (each model's in one column)")]
+    notes += cpu_note(runs)
     if left:
         notes.append(f"{len(left)} more params differ: {', '.join(left)}")
     if len(shown) < len(rounds):

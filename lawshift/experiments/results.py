@@ -1,7 +1,7 @@
-"""The README's results table, regenerated from the metrics of the last run instead of typed by hand.
+"""The README's results table and its timings line, regenerated from the last run's metrics, never typed by hand.
 
-    python -m lawshift.experiments.results            # rewrite the block between the results markers in README.md
-    python -m lawshift.experiments.results --print    # print the table only
+    python -m lawshift.experiments.results            # rewrite the results and timings blocks of README.md
+    python -m lawshift.experiments.results --print    # print the table and the timings only
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from pathlib import Path
 from lawshift.core import paths
 from lawshift.core.files import InputError, read_json, write_text
 from lawshift.core.params import load_params
+from lawshift.core.runinfo import time_files
 from lawshift.evaluate.evalmetrics import pct
 
 SEEDS = "metrics/seeds.json"  # written by python -m lawshift.experiments.seeds
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+TIMINGS = "<!-- timings:start -->", "<!-- timings:end -->"  # inline, in the README's first paragraphs
 
 
 FIGURES = {"acceptance": "acceptance", "coverage_first": "coverage after the first draws",
@@ -109,25 +111,57 @@ def results_table(root: str | Path = ".") -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: str | Path, table: str) -> None:
-    text = Path(readme).read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+def stage_seconds(root: str | Path = ".") -> dict[str, float]:
+    """Each stage's wall seconds from the time files of the project at `root` (the rounds of its params.yaml)."""
+    root = Path(root)
+    rounds = list(load_params(root / "params.yaml").rounds)
+    return {stage: float(_read(root / file).get("wall_seconds", 0.0)) for stage, file in time_files(rounds).items()
+            if (root / file).is_file()}
+
+
+def timings(root: str | Path = ".") -> str:
+    """The README's line on how long the default run takes, from its time files (metrics/time/)."""
+    root = Path(root)
+    seconds = stage_seconds(root)
+    if "base" not in seconds:
+        raise InputError(root / "metrics" / "time", "no time files: run the pipeline first (make repro)")
+    base = _read(root / paths.BASE_TIME).get("numerics", {})
+    where = f"{base.get('omp_num_threads', '?')} threads of an {base.get('cpu', 'unknown CPU')}"
+    return (f"The committed run's stages took {sum(seconds.values()):.0f} s on {where}, {seconds['base']:.0f} s of "
+            "it the tiny base's warm-start")
+
+
+def update_block(text: str, start: str, end: str, content: str, inline: bool = False) -> str | None:
+    """`text` with the block between `start` and `end` replaced by `content`; None if it has no such block."""
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(text):
+        return None
+    sep = "" if inline else "\n"
+    return pattern.sub(lambda _: f"{start}{sep}{content}{sep}{end}", text)
+
+
+def update_readme(readme: str | Path, table: str, timing: str | None = None) -> None:
+    text = Path(readme).read_text(encoding="utf-8")
+    updated = update_block(text, START, END, table)
+    if updated is None:
         raise InputError(readme, f"no {START} … {END} block to update")
-    write_text(readme, pattern.sub(lambda _: f"{START}\n{table}\n{END}", text))
+    if timing is not None:  # a README without the timings block keeps the table alone
+        updated = update_block(updated, *TIMINGS, timing, inline=True) or updated
+    write_text(readme, updated)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m lawshift.experiments.results", description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=".", help="the project whose metrics/ to read")
     ap.add_argument("--readme", default="README.md")
     ap.add_argument("--print", action="store_true", help="print the table instead of updating the README")
     args = ap.parse_args()
     table = results_table(args.root)
+    timing = timings(args.root) if (Path(args.root) / paths.BASE_TIME).is_file() else None
     if args.print:
-        print(table)
+        print(table if timing is None else f"{table}\n\n{timing}")
     else:
-        update_readme(args.readme, table)
+        update_readme(args.readme, table, timing)
         print(f"updated {args.readme}")
 
 

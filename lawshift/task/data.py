@@ -7,13 +7,18 @@ A LawShift root holds `training_set.json` and one folder per change type, each w
 
 with `prison_time` in months, 10000 = life imprisonment, 10001 = death. Every bad record raises `InputError`
 naming the file, the record index and the field.
+
+    python -m lawshift.task.data check /path/to/LawShift   # the layout the stages expect; one line per problem
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -180,3 +185,74 @@ def discover_folders(root: str | Path, only: list[str] | None = None) -> list[Fo
 
 def training_cases(root: str | Path) -> list[Case]:
     return load_cases(Path(root) / "training_set.json")
+
+
+TRAIN_ARTICLES = "criminal_law_articles.json"  # profiles/reference.yaml's data.train_articles, under the root
+
+
+def check_root(root: str | Path, only: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """A LawShift root against the layout the stages read: (problems, facts), one line each. Every file is loaded
+    and validated; `only` restricts the folders checked (default: all 31 of labels.json)."""
+    root = Path(root)
+    if not root.is_dir():
+        return [f"{root}: not a directory (the root of the LawShift release)"], []
+    problems, facts = [], []
+
+    def load(path: Path, loader, what: str):
+        if not path.is_file():
+            problems.append(f"{path}: missing ({what})")
+            return None
+        try:
+            return loader(path)
+        except InputError as err:
+            problems.append(str(err))
+            return None
+
+    train = load(root / "training_set.json", load_cases, "the training cases: sample, filter, train")
+    load(root / TRAIN_ARTICLES, load_articles, "the whole Criminal Law: profiles/reference.yaml's data.train_articles")
+    labels = folder_labels()
+    unknown = sorted(set(only) - set(labels))
+    problems += [f"{root / name}: not a LawShift folder name (lawshift/task/labels.json)" for name in unknown]
+    counts = {split: 0 for split in SPLITS}
+    for name in only or labels:
+        if name in unknown:
+            continue
+        folder, label = root / name, labels[name]
+        if not folder.is_dir():
+            problems.append(f"{folder}: missing (LawShift folder {label.type}, label {label.label})")
+            continue
+        for split in SPLITS:
+            cases = load(folder / f"{split}.json", load_cases, f"the {split} split's cases")
+            counts[split] += len(cases or [])
+            load(folder / f"articles_{split}.json", load_articles, f"the {split} split's articles")
+    wanted = set(only or labels)
+    facts.append(f"{root}: {len(train or [])} training cases; {len(wanted)} folders checked, "
+                 f"{counts['original']} original and {counts['poisoned']} poisoned cases")
+    extra = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in labels)
+    facts += [f"{root / name}: not a LawShift folder, ignored by the stages" for name in extra]
+    return problems, facts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lawshift.task.data", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="check a LawShift root's layout and records; exit 1 naming what is wrong")
+    check.add_argument("root", help="the root of the LawShift release (data.root)")
+    check.add_argument("--folders", nargs="+", default=[], metavar="NAME",
+                       help="check only these folders (as eval.folders; default: all 31)")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    problems, facts = check_root(args.root, args.folders)
+    for line in facts:
+        print(line)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    if problems:
+        print(f"{args.root}: {len(problems)} problem(s); the full release: docs/data.md (The full dataset)",
+              file=sys.stderr)
+        return 1
+    print(f"{args.root}: the LawShift layout, complete")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

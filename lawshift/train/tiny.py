@@ -241,6 +241,6 @@ def build_base(spec: TinyParams, data: DataParams, out: str | Path, seed: int, p
     with files.atomic_path(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return {"kind": "tiny", "params": count_params(model), "vocab": len(tokenizer),
+    return {"base_kind": "tiny", "base_parameters": count_params(model), "base_vocab": len(tokenizer),
             "warmup_loss_first": round(losses[0], 4) if losses else None,
             "warmup_loss_last": round(losses[-1], 4) if losses else None}

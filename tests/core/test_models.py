@@ -306,7 +306,8 @@ def test_settle_pointer_records_what_it_points_to(tmp_path, cache, tiny_base, ki
     model_folder(out, {"config.json": b"{}", "model.safetensors": b"an earlier tiny base"})
     metrics = settle_pointer(mp, out)
     revision = COMMIT if kind == "hub" else None
-    assert metrics == {"kind": "pointer", "name_or_path": mp.base, "revision": revision, "files": len(files)}
+    assert metrics == {"base_kind": "pointer", "base_name_or_path": mp.base, "base_revision": revision,
+                       "base_files": len(files)}
     assert sorted(p.name for p in out.iterdir()) == [POINTER]  # replaced whole: no weights copied or left over
     assert sorted(p.name for p in out.parent.iterdir()) == ["base"]  # no temp sibling
     pointer = json.loads((out / POINTER).read_text(encoding="utf-8"))

@@ -136,12 +136,21 @@ def kind_of(source: str) -> str:
     return re.fullmatch(r"\$\{CHARTS\.(\w+)\.chart\}", source).group(1)
 
 
+def render(plot_id: str, points: list[dict]) -> dict:
+    """The Vega-Lite spec DVC draws for `plot_id` (dvc.yaml's top-level plots) from `points`, as dvc_render fills it."""
+    from dvc_render.vega import VegaRenderer
+
+    props = top_level_plots()[plot_id]
+    ((_, y),) = props["y"].items()
+    return VegaRenderer(points, plot_id, template=props["template"], template_dir=str(REPO / ".dvc" / "plots"),
+                        title=props["title"], x=props["x"], y=y, x_label=props["x_label"],
+                        y_label=props["y_label"]).get_filled_template()
+
+
 @pytest.mark.parametrize("plot_id", list(top_level_plots()))
 def test_each_chart_template_fills_with_its_files_columns(tmp_path, plot_id):
     """DVC's renderer fills the template with rows of the joined file from two revisions: no anchor is left, and
     every field the template reads is a column of that file or one the template computes."""
-    from dvc_render.vega import VegaRenderer
-
     props = top_level_plots()[plot_id]
     (source, y), = props["y"].items()
     kind = kind_of(source)
@@ -149,16 +158,14 @@ def test_each_chart_template_fills_with_its_files_columns(tmp_path, plot_id):
         write(tmp_path / f"{model}.csv", SAMPLE_ROWS[kind])
     rows = list(csv.DictReader(io.StringIO(charts.joined(kind, tmp_path))))
     points = [{**r, "rev": rev} for rev in ("HEAD", "workspace") for r in rows]
-    renderer = VegaRenderer(points, plot_id, template=props["template"], template_dir=str(REPO / ".dvc" / "plots"),
-                            title=props["title"], x=props["x"], y=y, x_label=props["x_label"],
-                            y_label=props["y_label"])
-    spec = renderer.get_filled_template()
+    spec = render(plot_id, points)
     text = json.dumps(spec)
     assert "<DVC_METRIC" not in text and spec["title"]["text"] == props["title"]
     data = [layer["data"]["values"] for layer in [spec, *spec.get("layer", [])] if "data" in layer]
     assert points in data
-    computed = {t["as"] for layer in [spec, *spec.get("layer", [])] for t in layer.get("transform", [])
-                if "as" in t and isinstance(t["as"], str)} | {"revisions"}
+    transforms = [t for layer in [spec, *spec.get("layer", [])] for t in layer.get("transform", [])]
+    computed = {t["as"] for t in transforms if isinstance(t.get("as"), str)}
+    computed |= {a["as"] for t in transforms for a in t.get("joinaggregate", [])}
     read = set(re.findall(r'"field": "([^"]+)"', text))
     read |= {name for pair in re.findall(r"datum\.(\w+)|datum\['(\w+)'\]", text) for name in pair if name}
     assert read - {"zero"} <= set(points[0]) | computed, plot_id
@@ -173,3 +180,94 @@ def test_the_histograms_axis_is_numeric_before_it_is_sorted():
     x = "<DVC_METRIC_X>"
     assert {"calculate": f"toNumber(datum['{x}'])", "as": x} in spec["transform"]
     assert spec["encoding"]["x"]["sort"] == "ascending" and spec["encoding"]["x"]["field"] == x
+
+
+# ---- under `dvc plots diff`: the Vega-Lite spec DVC renders for two revisions ------------------------------------
+
+def marks(spec: dict) -> list[tuple[str, dict, list[dict]]]:
+    """(mark type, encoding, transforms in force) of every mark of a filled spec that colours its data."""
+    out = []
+
+    def walk(node: dict, transforms: list[dict], encoding: dict) -> None:
+        transforms, encoding = [*transforms, *node.get("transform", [])], {**encoding, **node.get("encoding", {})}
+        if "color" in node.get("encoding", {}):
+            mark = node["mark"]["type"] if isinstance(node["mark"], dict) else node["mark"]
+            out.append((mark, encoding, transforms))
+        for child in [*node.get("layer", []), *([node["spec"]] if "spec" in node else [])]:
+            walk(child, transforms, encoding)
+
+    walk(spec, [], {})
+    return out
+
+
+def two_revisions(kind: str, tmp_path: Path) -> list[dict]:
+    """The joined file's rows of base, round1 and round2 (the committed run's), at HEAD and in the workspace."""
+    for model in ("base", "round1", "round2"):
+        write(tmp_path / f"{model}.csv", SAMPLE_ROWS[kind])
+    rows = list(csv.DictReader(io.StringIO(charts.joined(kind, tmp_path))))
+    return [{**r, "rev": rev} for rev in ("HEAD", "workspace") for r in rows]
+
+
+@pytest.mark.parametrize("plot_id", list(top_level_plots()))
+def test_under_plots_diff_colour_follows_the_model_and_the_revision_takes_dash_or_opacity(tmp_path, plot_id):
+    """Before, each model·revision pair got its own colour: the base at HEAD~3 wore round1's. Now the colour channel
+    reads the model's name alone, so a model has one colour in every revision, and the revision is drawn as the dash
+    of a line or the opacity of a bar; each line or bar still separates the two revisions (detail / offset)."""
+    props = top_level_plots()[plot_id]
+    kind = kind_of(next(iter(props["y"])))
+    spec = render(plot_id, two_revisions(kind, tmp_path))
+    ((mark, enc, transforms),) = marks(spec)
+    assert enc["color"]["field"] == charts.NAME_COLUMN[kind]
+    assert "rev" not in json.dumps(enc["color"])
+    assert enc["strokeDash" if mark == "line" else "opacity"]["field"] == "rev"
+    split = enc.get("detail") or enc.get("xOffset") or enc["y"]
+    computed = {t["as"]: t["calculate"] for t in transforms if "calculate" in t}
+    assert split["field"] in computed and "datum.rev" in computed[split["field"]]
+    # drawn through the spec's own transforms: one series per model and revision, one colour value per model
+    drawn = apply_transforms(transforms, two_revisions(kind, tmp_path))
+    series = {(r[enc["color"]["field"]], r["rev"]): r[split["field"]] for r in drawn}
+    assert len(set(series.values())) == len(series) == 6
+    assert {r[enc["color"]["field"]] for r in drawn} == {"base", "round1", "round2"}
+
+
+def vega_eval(expr: str, datum: dict):
+    """The few Vega expressions the templates use (datum fields, toNumber, isValid, ?:, comparisons), in Python."""
+    py = re.sub(r"datum\['(\w+)'\]|datum\.(\w+)", lambda m: f"d[{(m.group(1) or m.group(2))!r}]", expr)
+    py = py.replace("toNumber(", "float(").replace("isValid(", "(None is not ").replace("&&", " and ")
+    py = py.replace("!==", "!=").replace("===", "==")
+    if "?" in py:
+        cond, rest = py.split("?", 1)
+        yes, no = rest.split(":", 1)
+        py = f"({yes}) if ({cond}) else ({no})"
+    return eval(py, {"float": float}, {"d": datum})  # noqa: S307 - the expressions of our own templates
+
+
+def apply_transforms(transforms: list[dict], rows: list[dict]) -> list[dict]:
+    rows = [dict(r) for r in rows]
+    for t in transforms:
+        if "calculate" in t:
+            for r in rows:
+                r[t["as"]] = vega_eval(t["calculate"], r)
+        elif "filter" in t:
+            rows = [r for r in rows if vega_eval(t["filter"], r)]
+        elif "joinaggregate" in t:
+            for agg in t["joinaggregate"]:
+                values = [r[agg["field"]] for r in rows]
+                got = {"max": max, "distinct": lambda v: len(set(v))}[agg["op"]](values)
+                for r in rows:
+                    r[agg["as"]] = got
+    return rows
+
+
+def test_the_accepted_answers_axis_ends_at_the_datas_maximum():
+    """The committed run's file counts cases for 0…32 accepted answers, most of them 0 cases; drawn through the
+    rendered spec's own transforms, the axis stops at the most any case got."""
+    path = REPO / paths.CHARTS["filter_accepted"]["chart"]
+    rows = [{**r, "rev": "workspace"} for r in csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")))]
+    most = max(int(r["accepted"]) for r in rows if int(r["cases"]) > 0)
+    assert most < max(int(r["accepted"]) for r in rows)  # the file's own span is wider
+    spec = render("accepted_answers", rows)
+    ((_, enc, transforms),) = marks(spec)
+    drawn = apply_transforms(transforms, rows)
+    assert max(r[enc["x"]["field"]] for r in drawn) == most
+    assert {r["accepted"] for r in drawn} == set(range(most + 1))

@@ -11,7 +11,17 @@ from conftest import ENV, REPO, read_json, run
 from dvc_standin import metrics_files, standin_project
 
 from lawshift.core import paths
-from lawshift.experiments.compare import LIMIT, Run, differing, flatten, render, rounds_of, runs_from_show, table
+from lawshift.experiments.compare import (
+    LIMIT,
+    Run,
+    cpu_family,
+    differing,
+    flatten,
+    render,
+    rounds_of,
+    runs_from_show,
+    table,
+)
 
 ROUNDS2 = {"round1": {"policy": "base", "keep_previous": False}, "round2": {"policy": "round1", "keep_previous": False}}
 METRICS = {rel: read_json(REPO / rel) for rel in metrics_files()}  # the default run's, committed
@@ -48,6 +58,29 @@ def test_default_and_seeds():
                                                                           "train_majority"))
     assert row["base LawShift"] == "/".join(f"{100 * base['overall'][k]:.1f}" for k in ("original", "poisoned", "gap"))
     assert "pass@3/majority of 3" in t.notes[1] and len(t.notes) == 2
+
+
+def on_cpu(cpu: str) -> dict:
+    """The committed metrics with every time file's `numerics.cpu` set to `cpu`."""
+    out = copy.deepcopy(METRICS)
+    for rel, m in out.items():
+        if rel.startswith("metrics/time/"):
+            m["numerics"]["cpu"] = cpu
+    return out
+
+
+def test_the_cpu_family_is_named_when_the_runs_differ_in_it():
+    """The same params give other figures on an Intel and an AMD CPU (docs/reproducibility.md): when the runs ran on
+    different families, a note names each run's; when they share one, nothing is added."""
+    amd, intel = on_cpu("AMD EPYC"), on_cpu("Intel Xeon")
+    same = table([make_run("workspace", amd), make_run("seed-1", amd, seed=1)])
+    assert not any("CPU family" in n for n in same.notes)
+    mixed = table([make_run("workspace", amd), make_run("seed-1", intel, seed=1), Run("queued")])
+    (note,) = [n for n in mixed.notes if "CPU family" in n]
+    assert note.endswith("workspace AMD EPYC; seed-1 Intel Xeon; queued –")
+    assert cpu_family(make_run("both", {**amd, "metrics/time/base.json": intel["metrics/time/base.json"]})) == (
+        "AMD EPYC + Intel Xeon")
+    assert "CPU family per run" in render(mixed)
 
 
 @pytest.mark.parametrize(("n_params", "shown", "left"), [(0, 0, 0), (1, 1, 0), (3, 3, 0), (4, 3, 1), (9, 3, 6)])

@@ -5,7 +5,7 @@ import json
 import sys
 
 import pytest
-from conftest import dump_json
+from conftest import REPO, dump_json
 
 from lawshift.core import paths
 from lawshift.core.files import InputError, read_json
@@ -135,3 +135,27 @@ def test_cli_reads_the_project_given_by_root(root, tmp_path, monkeypatch, capsys
     assert capsys.readouterr().out == f"updated {readme}\n"
     assert model_rows(readme.read_text(encoding="utf-8")) == ROWS
     assert json.loads((root / paths.eval_files("base")["metrics"]).read_text())["train_exact"] == 0.3
+
+
+def test_the_timings_line_comes_from_the_time_files(tmp_path):
+    """The README's timings line: the stages' wall seconds summed, the base's, and where the run ran, from the time
+    files; the README's inline block is rewritten, the rest of its line kept."""
+    from lawshift.core.files import write_json
+    from lawshift.core.runinfo import time_files
+    from lawshift.experiments.results import TIMINGS, stage_seconds, timings
+
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "params.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    for k, (_, file) in enumerate(time_files(["round1", "round2"]).items()):
+        write_json(root / file, {"wall_seconds": 100.0 if k == 0 else 2.0,
+                                 "numerics": {"cpu": "Intel Xeon", "omp_num_threads": "2"}})
+    assert sum(stage_seconds(root).values()) == 100 + 9 * 2.0
+    line = timings(root)
+    assert line == ("The committed run's stages took 118 s on 2 threads of an Intel Xeon, 100 s of it the tiny base's "
+                    "warm-start")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"Intro. {TIMINGS[0]}old{TIMINGS[1]} (more).\n{START}\n{END}\n", encoding="utf-8")
+    update_readme(readme, "table", line)
+    want = f"Intro. {TIMINGS[0]}{line}{TIMINGS[1]} (more).\n{START}\ntable\n{END}\n"
+    assert readme.read_text(encoding="utf-8") == want

@@ -6,10 +6,12 @@ import json
 import logging
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import dump_json
+from conftest import ENV, REPO, SAMPLE, dump_json
 
 import lawshift.task.data
 from lawshift.core.files import InputError
@@ -309,3 +311,48 @@ def test_discover_ignores_a_file_named_like_a_folder(tmp_path, sample_root):
     shutil.copytree(sample_root / "action_explicit_extend", tmp_path / "action_explicit_extend")
     (tmp_path / "action_implicit_expand").write_text("not a folder", encoding="utf-8")
     assert [f.name for f in discover_folders(tmp_path)] == ["action_explicit_extend"]
+
+
+# ---- python -m lawshift.task.data check ROOT: a downloaded root against the layout the stages read ----------------
+
+def check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lawshift.task.data", "check", *args], capture_output=True, text=True,
+                          env=ENV, cwd=REPO)
+
+
+def test_check_names_each_missing_folder_and_file_in_one_line(tmp_path):
+    root = tmp_path / "LawShift"
+    shutil.copytree(SAMPLE, root)
+    sample_folders = ["action_explicit_extend", "action_implicit_expand"]
+    ok = check(str(root), "--folders", *sample_folders)
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    assert ok.stdout.splitlines()[-1] == f"{root}: the LawShift layout, complete"
+    assert "62 training cases; 2 folders checked, 80 original and 80 poisoned cases" in ok.stdout
+    # the whole benchmark: the sample lacks 29 of the 31 folders, each named with its type and label
+    full = check(str(root))
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error: ")]
+    assert full.returncode == 1 and len(errors) == 29 == len(folder_labels()) - 2
+    assert f"error: {root / 'subject_explicit_extend'}: missing (LawShift folder T1.1, label V)" in errors
+    assert full.stderr.splitlines()[-1].startswith(f"{root}: 29 problem(s)")
+    # a missing file, a bad record and a missing articles file: one line each, naming file, record and field
+    (root / sample_folders[0] / "poisoned.json").unlink()
+    (root / "criminal_law_articles.json").unlink()
+    cases = json.loads((root / sample_folders[1] / "original.json").read_text(encoding="utf-8"))
+    cases[3]["prison_time"] = "seven"
+    (root / sample_folders[1] / "original.json").write_text(json.dumps(cases, ensure_ascii=False), encoding="utf-8")
+    bad = check(str(root), "--folders", *sample_folders)
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
+    assert bad.returncode == 1 and len(errors) == 3
+    assert errors[0] == (f"error: {root / 'criminal_law_articles.json'}: missing (the whole Criminal Law: "
+                         "profiles/reference.yaml's data.train_articles)")
+    assert errors[1] == f"error: {root / sample_folders[0] / 'poisoned.json'}: missing (the poisoned split's cases)"
+    assert "original.json" in errors[2] and "prison_time" in errors[2] and "3" in errors[2]
+
+
+def test_check_refuses_what_is_not_a_root(tmp_path):
+    nowhere = check(str(tmp_path / "nowhere"))
+    assert nowhere.returncode == 1 and "not a directory" in nowhere.stderr
+    unknown = check(str(SAMPLE), "--folders", "no_such_folder")
+    assert unknown.returncode == 1 and "no_such_folder: not a LawShift folder name" in unknown.stderr
+    usage = check()
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: python -m lawshift.task.data check")

@@ -408,8 +408,9 @@ def test_build_base_saves_a_warm_started_base_atomically(tmp_path, data, offline
     out.mkdir(parents=True)
     (out / "stale.bin").write_bytes(b"from an earlier base")  # replaced whole, not merged into
     metrics = build_base(BASE_SPEC, data, out, 0, JUDGE)
-    assert set(metrics) == {"kind", "params", "vocab", "warmup_loss_first", "warmup_loss_last"}
-    assert metrics["kind"] == "tiny" and metrics["vocab"] == BASE_SPEC.vocab_size
+    # base_*: no key of metrics/base.json reads as a DVC param in `dvc exp show` (`params` did)
+    assert set(metrics) == {"base_kind", "base_parameters", "base_vocab", "warmup_loss_first", "warmup_loss_last"}
+    assert metrics["base_kind"] == "tiny" and metrics["base_vocab"] == BASE_SPEC.vocab_size
     assert all(isinstance(metrics[k], float) and metrics[k] > 0 for k in ("warmup_loss_first", "warmup_loss_last"))
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= set(os.listdir(out))
     assert "stale.bin" not in os.listdir(out) and "pytorch_model.bin" not in os.listdir(out)
@@ -418,7 +419,7 @@ def test_build_base_saves_a_warm_started_base_atomically(tmp_path, data, offline
     assert models.resolve_base(out) == str(out)
     model = models.load_model(str(out), device=torch.device("cpu"))
     tokenizer = models.load_tokenizer(str(out))
-    assert metrics["params"] == count_params(model) == sum(p.numel() for p in model.parameters())
+    assert metrics["base_parameters"] == count_params(model) == sum(p.numel() for p in model.parameters())
     assert len(tokenizer) == model.config.vocab_size == BASE_SPEC.vocab_size
     assert (model.config.hidden_size, model.config.max_position_embeddings) == (32, 1024)
     assert tokenizer.model_max_length == 1024
