@@ -97,7 +97,8 @@ def results_table(root: str | Path = ".") -> str:
         raise InputError(root / "metrics", "no eval metrics: run the pipeline first (make repro)")
     k = _read(root / paths.eval_files(paths.BASE_MODEL)["metrics"]).get("k", 1)
     lines = ["The default run (`make repro`; its bytes checked on an Intel Xeon with AVX-512 and AMX, and on an "
-             "AMD EPYC's MKL path by emulation: docs/reproducibility.md); regenerate with `python -m lawshift.experiments.results`. "
+             "AMD EPYC's MKL path by emulation: docs/reproducibility.md); regenerate with "
+             "`python -m lawshift.experiments.results`. "
              f"Eval draws k = {k} answers per prompt: mean success, pass@{k} and majority vote.", "",
              *model_rows(root, rounds), "", *round_notes(root, rounds)]
     seeds_file = root / SEEDS
