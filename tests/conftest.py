@@ -81,6 +81,28 @@ class SeedLog:
         return self.backend.generate(prompts, settings, seeds)
 
 
+class CountingTokenizer:
+    """A real tokenizer that records how many texts each call tokenises (the prompt-length guards)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def apply_chat_template(self, *args, **kwargs):
+        return self.inner.apply_chat_template(*args, **kwargs)
+
+    def __call__(self, texts, **kwargs):
+        self.calls.append(len(texts) if isinstance(texts, list) else 1)
+        return self.inner(texts, **kwargs)
+
+
+def sample_tokenizer(vocab_size: int = 600):
+    """A small real tokenizer (the tiny base's kind) trained on the sample and the judge prompt: seconds, no model."""
+    from lawshift.train.tiny import build_tokenizer, corpus_texts
+
+    return build_tokenizer(corpus_texts(SAMPLE / "training_set.json", SAMPLE / "criminal_law_articles.json", JUDGE),
+                           vocab_size)
+
+
 def merge(base: dict, over: dict) -> dict:
     """`over` merged into `base` recursively (in place); returns `base`."""
     for key, value in over.items():

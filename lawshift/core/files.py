@@ -20,7 +20,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,16 @@ def tree_digest(path: str | os.PathLike) -> str:
 def json_digest(obj: Any) -> str:
     """sha256 of a JSON-able value in canonical form (sorted keys): the fingerprint of a settings mapping."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def json_list_digest(items: Iterable[Any]) -> str:
+    """`json_digest(list(items))`, fed an item at a time: the same digest without the list or its JSON text in memory
+    (a run's prompts: ~100 MB of text at full LawShift size)."""
+    h = hashlib.sha256(b"[")
+    for k, item in enumerate(items):
+        h.update((", " if k else "").encode() + json.dumps(item, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    h.update(b"]")
+    return h.hexdigest()
 
 
 def model_digest(name_or_path: str | os.PathLike) -> str:

@@ -43,7 +43,7 @@ from lawshift.task.data import (
     load_articles,
     training_cases,
 )
-from lawshift.task.prompts import Prompt, load_prompt, render_prompt
+from lawshift.task.prompts import Prompt, load_prompt, render_prompt, token_lengths
 from lawshift.task.scoring import is_correct, lawshift_success, term_error
 
 log = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ def prompts(p: Params, tokenizer, config) -> tuple[list[EvalItem], list[int], in
     train, train_missing = train_items(p.data.root, p.data.train_articles, e.train_subset, p.seed, tokenizer, prompt,
                                        p.data.strict_articles)
     items += train
-    lengths = [len(ids) for ids in tokenizer([it.prompt for it in items], add_special_tokens=False)["input_ids"]]
+    lengths = token_lengths(tokenizer, (it.prompt for it in items))
     models.check_context(config, max(lengths) + e.max_new_tokens, "eval.max_new_tokens")
     return items, lengths, missing + train_missing
 
@@ -296,7 +296,7 @@ def run_settings(p: Params, items: Sequence[EvalItem], base: str, adapter: str |
     to, so the weights are not hashed again."""
     ev = {k: v for k, v in to_dict(p.eval).items() if k not in leave_out}
     return {"code": code_digest("eval"), "labels": files.file_digest(LABELS), "eval": ev, "seed": p.seed,
-            "prompts": files.json_digest([[it.id, it.prompt] for it in items]), "base": files.model_digest(base),
+            "prompts": files.json_list_digest([it.id, it.prompt] for it in items), "base": files.model_digest(base),
             "adapter": adapter and files.model_digest(adapter)}
 
 

@@ -30,7 +30,7 @@ from lawshift.engines.generation import Backend, BackendSpec, GenerationSettings
 from lawshift.engines.raypool import RequestFailed
 from lawshift.sample.samples import PartialFile, Tally, case_record, extra_record, tally_metrics
 from lawshift.task.data import ArticleLookup, Case, load_articles, training_cases
-from lawshift.task.prompts import Prompt, load_prompt, render_prompt
+from lawshift.task.prompts import Prompt, load_prompt, render_prompt, token_lengths
 
 # Settings that change what is generated; device and vLLM memory knobs do not change the records' meaning, nor
 # does chunk_size (each case's streams are its own), so a vLLM run may resume with another chunk size.
@@ -75,7 +75,7 @@ def run_settings(sp: SampleParams, model: str, training_set: str | Path, article
                  prompts: Sequence[str], seed: int, adapter: str | None = None, family: str = "") -> dict:
     """Everything that decides the records' content, the code that makes them included: the partial journal's
     header."""
-    prompts_hash = files.json_digest(list(prompts))
+    prompts_hash = files.json_list_digest(prompts)
     return {"code": code_digest("sample"), "model": files.model_digest(model),
             "adapter": adapter and files.model_digest(adapter), "streams": family,
             "training_set": files.file_digest(training_set),
@@ -199,6 +199,17 @@ def run_info(stats: RunStats, backend: str, device: str) -> dict:
     return {"tokens_per_second": tok_s, "backend": backend, "device": device, "resumed_cases": stats.resumed_cases}
 
 
+def case_prompts(p: Params, tokenizer) -> tuple[list[Case], list[int], list[str], list[int], ArticleLookup]:
+    """The training cases, this shard's indices, their prompts and lengths in tokens (tokenised a chunk at a time:
+    a run's token lists are never all held), and the lookup that counted missing article ids."""
+    cases = training_cases(p.data.root)
+    lookup = ArticleLookup(load_articles(p.data.train_articles), p.data.train_articles, p.data.strict_articles)
+    indices = shard_indices(len(cases), p.sample)
+    prompts = build_prompts(cases, indices, lookup, tokenizer, Path(p.data.root) / "training_set.json",
+                            load_prompt(p.sample.prompt))
+    return cases, indices, prompts, token_lengths(tokenizer, prompts), lookup
+
+
 def policy(p: Params, round_name: str) -> str | None:
     """The adapter that samples round `round_name` (the round before it), or None: round1 samples from the base."""
     name = p.round(round_name).policy
@@ -217,11 +228,7 @@ def run(p: Params, round_name: str) -> tuple[dict, dict]:
     base = models.resolve_base(paths.BASE)
     tokenizer = models.load_tokenizer(base, p.model.trust_remote_code)
     train_file = Path(p.data.root) / "training_set.json"
-    cases = training_cases(p.data.root)
-    lookup = ArticleLookup(load_articles(p.data.train_articles), p.data.train_articles, p.data.strict_articles)
-    indices = shard_indices(len(cases), sp)
-    prompts = build_prompts(cases, indices, lookup, tokenizer, train_file, load_prompt(sp.prompt))
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    cases, indices, prompts, lengths, lookup = case_prompts(p, tokenizer)
     needed = max(lengths) + sp.max_new_tokens
     # Before loading the weights: the longest prompt plus a full answer must fit the model's context.
     models.check_context(models.load_config(base, p.model.trust_remote_code), needed, "sample.max_new_tokens")

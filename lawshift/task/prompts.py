@@ -13,8 +13,9 @@ the new one (`eval.show_old_statute`, template `user_with_old_statute`).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import yaml
@@ -22,6 +23,7 @@ import yaml
 from lawshift.core.files import InputError, read_text
 
 DEFAULT_PROMPT = "prompts/judge.yaml"
+LENGTH_CHUNK = 256  # prompts per tokenizer call when only their lengths are wanted (`token_lengths`)
 
 # The placeholders each template takes, and the ones it must use: a user template without {fact} would ask every
 # case the same question, silently.
@@ -108,3 +110,12 @@ def load_prompt(path: str | Path) -> Prompt:
 def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
     """The text the model continues: chat template plus the assistant header."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def token_lengths(tokenizer, texts: Iterable[str], chunk: int = 0) -> list[int]:
+    """Each text's length in tokens, no special tokens added (a rendered prompt has them). The tokenizer gets `chunk`
+    texts per call (0: LENGTH_CHUNK) and only the lengths are kept: a whole run's token lists held ~45 KB a prompt."""
+    texts, lengths, chunk = iter(texts), [], chunk or LENGTH_CHUNK
+    while part := list(islice(texts, chunk)):
+        lengths += [len(ids) for ids in tokenizer(part, add_special_tokens=False)["input_ids"]]
+    return lengths

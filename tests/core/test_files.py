@@ -16,6 +16,7 @@ from lawshift.core.files import (
     atomic_path,
     file_digest,
     json_digest,
+    json_list_digest,
     model_digest,
     read_json,
     read_jsonl,
@@ -324,6 +325,13 @@ def test_json_digest_is_canonical():
     assert json_digest({**obj, "b": [2, 1]}) != json_digest(obj)  # list order does
     assert json_digest({"a": 1}) != json_digest({"a": "1"}) != json_digest({"a": 1.5})
     assert len({json_digest(v) for v in ({}, [], None, 0, "")}) == 5
+
+
+@pytest.mark.parametrize("items", [[], ["甲"], ["案件事实：\n甲", "b\"\\", ""],
+                                   [["x/original/0", "乙"], ["train/3", "丙"]], [{"b": 1, "a": [None, 1.5]}, 2, None]])
+def test_json_list_digest_is_the_json_digest_of_the_list(items):
+    """Fed an item at a time (a generator here: nothing else holds them), the digest of the whole list."""
+    assert json_list_digest(iter(items)) == json_list_digest(items) == json_digest(list(items))
 
 
 def test_model_digest_of_a_folder_is_its_tree_digest(tmp_path):

@@ -8,9 +8,10 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from conftest import EV, FOLDER, JUDGE, REPO, read_json, run, set_params
+from conftest import EV, FOLDER, JUDGE, REPO, CountingTokenizer, read_json, run, sample_tokenizer, set_params
 
 from lawshift.core import models, paths
 from lawshift.core.files import InputError
@@ -19,6 +20,7 @@ from lawshift.engines.generation import GenerationSettings
 from lawshift.engines.hf_backend import HFBackend
 from lawshift.evaluate import evalmetrics as evm
 from lawshift.evaluate import evaluation as ev
+from lawshift.task import prompts
 from lawshift.task.answers import LIFE, NO_VIOLATION
 from lawshift.task.data import Case, discover_folders
 
@@ -305,6 +307,19 @@ def test_prompts_of_the_stage_and_the_context_guard(project, tiny):
         ev.prompts(p, tiny.tokenizer, config)
     p.eval.max_new_tokens = 2048 - max(lengths)  # exactly fills the context: allowed
     ev.prompts(p, tiny.tokenizer, config)
+
+
+def test_prompt_lengths_never_hold_every_token_list(monkeypatch):
+    """The stage's prompt lengths come a chunk of prompts at a time (task.prompts.token_lengths): tokenising them
+    all in one call kept every token list, ~45 KB a prompt at full LawShift size (benchmarks/driver.py)."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(prompts, "LENGTH_CHUNK", 32)
+    tok = CountingTokenizer(sample_tokenizer())
+    items, lengths, missing = ev.prompts(load_params(REPO / "params.yaml"), tok, SimpleNamespace(
+        max_position_embeddings=1 << 20))
+    assert len(items) == 2 * 80 + 62 and missing == 0
+    assert tok.calls and max(tok.calls) <= 32 and sum(tok.calls) == len(items)
+    assert lengths == [len(tok.inner(it.prompt, add_special_tokens=False)["input_ids"]) for it in items]
 
 
 class CountingBackend:

@@ -14,12 +14,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ENV, JUDGE, R1, SAMPLE, SeedLog, interrupt_when, read_json, seeds, stage_cmd
+from conftest import (
+    ENV,
+    JUDGE,
+    R1,
+    REPO,
+    SAMPLE,
+    CountingTokenizer,
+    SeedLog,
+    interrupt_when,
+    read_json,
+    sample_tokenizer,
+    seeds,
+    stage_cmd,
+)
 
 from lawshift.core.codedeps import code_digest
 from lawshift.core.files import InputError, file_digest, json_digest
 from lawshift.core.journal import header
-from lawshift.core.params import SampleParams
+from lawshift.core.params import SampleParams, load_params
 from lawshift.engines.generation import (
     MAX_CASES,
     SEED_STRIDE,
@@ -35,6 +48,7 @@ from lawshift.sample.sampling import (
     Job,
     RunStats,
     build_prompts,
+    case_prompts,
     longest_first,
     metrics,
     output_path,
@@ -44,6 +58,7 @@ from lawshift.sample.sampling import (
     sample,
     shard_indices,
 )
+from lawshift.task import prompts
 from lawshift.task.answers import Answer, parse_answer
 from lawshift.task.data import ArticleLookup, load_articles, training_cases
 from lawshift.task.scoring import is_correct
@@ -122,6 +137,20 @@ def test_a_round_samples_from_the_round_before_it_on_streams_of_its_own():
     assert stream_seed(0, 5, "") == stream_seed(0, 5)  # round 1 keeps the run's own streams
     with pytest.raises(InputError, match="no round 'round4'"):
         policy(p, "round4")
+
+
+def test_prompt_lengths_never_hold_every_token_list(monkeypatch):
+    """The stage's prompt lengths come a chunk of prompts at a time (task.prompts.token_lengths): tokenising all of a
+    shard's prompts in one call kept every token list, ~40 KB a case at full LawShift size (benchmarks/driver.py)."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(prompts, "LENGTH_CHUNK", 16)
+    tok = CountingTokenizer(sample_tokenizer())
+    p = load_params(REPO / "params.yaml", overrides={"sample": {"shard_index": 1, "num_shards": 2}})
+    cases, indices, texts, lengths, lookup = case_prompts(p, tok)
+    assert len(cases) == 62 and indices == list(range(1, 62, 2)) and lookup.missing == 0
+    assert texts == build_prompts(cases, indices, lookup, tok.inner, SAMPLE / "training_set.json", JUDGE)
+    assert tok.calls == [16, 15]
+    assert lengths == [len(ids) for ids in tok.inner(texts, add_special_tokens=False)["input_ids"]]
 
 
 def test_longest_first_keeps_prompts_with_their_cases():

@@ -4,11 +4,12 @@ continues."""
 from __future__ import annotations
 
 import pytest
-from conftest import JUDGE
+from conftest import JUDGE, CountingTokenizer
 
 from lawshift.core.files import InputError
 from lawshift.core.models import load_tokenizer
-from lawshift.task.prompts import load_prompt, prompt_from_dict, render_prompt
+from lawshift.task import prompts
+from lawshift.task.prompts import load_prompt, prompt_from_dict, render_prompt, token_lengths
 from lawshift.train.tiny import TEMPLATE_STRINGS, build_tokenizer
 
 # Written out in full so any change to the instruction shows up here (and in a regenerated base / SFT set).
@@ -150,3 +151,23 @@ def test_render_prompt_with_saved_tokenizer(tiny, small_tokenizer):
     assert ids.count(im_start) == 3 and ids.count(im_end) == 2
     last = len(ids) - 1 - ids[::-1].index(im_start)
     assert tok.decode(ids[last:]) == "<|im_start|>assistant\n"
+
+
+def test_token_lengths_hold_one_chunk_of_token_lists(small_tokenizer, monkeypatch):
+    """The lengths a whole-run call gives, from calls of LENGTH_CHUNK texts pulled from the source as they go: never
+    every prompt's token lists at once (what made the stages grow ~45 KB a prompt)."""
+    texts = [render_prompt(small_tokenizer, JUDGE.messages(FACT * (i % 5 + 1), [A354])) for i in range(70)]
+    whole = [len(ids) for ids in small_tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    tok, pulled = CountingTokenizer(small_tokenizer), []
+
+    def source():
+        for text in texts:
+            pulled.append(text)
+            assert len(pulled) - sum(tok.calls) <= 16  # at most one chunk read ahead of what was tokenised
+            yield text
+
+    monkeypatch.setattr(prompts, "LENGTH_CHUNK", 16)
+    assert token_lengths(tok, source()) == whole
+    assert tok.calls == [16, 16, 16, 16, 6]
+    assert token_lengths(tok, iter(texts), chunk=64) == whole and tok.calls[5:] == [64, 6]
+    assert token_lengths(tok, []) == [] and len(tok.calls) == 7

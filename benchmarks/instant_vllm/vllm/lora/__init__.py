@@ -1,0 +1,1 @@
+"""`vllm.lora` of the instant stand-in (benchmarks/instant_vllm)."""
