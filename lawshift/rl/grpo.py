@@ -139,13 +139,13 @@ def summary(plan: budget.Plan, meter: budget.Meter, kind: str, steps: int, train
 
 def run(p: Params) -> tuple[dict, dict]:
     """The grpo stage: plan the budget, train, write the adapter, its steps and metrics. Returns (metrics, info)."""
+    start = time.time()
+    plan = budget.plan(p)  # bad params fail here, before the heavy imports
+    if plan.note:
+        print(f"grpo: {plan.note}", file=sys.stderr)
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    start = time.time()
-    plan = budget.plan(p)
-    if plan.note:
-        print(f"grpo: {plan.note}", file=sys.stderr)
     where, g = paths.GRPO_FILES, p.grpo
     base = models.resolve_base(paths.BASE)
     tokenizer = models.load_tokenizer(base, p.model.trust_remote_code)
