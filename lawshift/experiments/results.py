@@ -104,8 +104,9 @@ def round_notes(root: Path, rounds: list[str]) -> list[str]:
     if g:
         out.append(f"- grpo: {g['answers_generated']} answers of a budget of {g['budget']}, {g['generated_tokens']} "
                    f"tokens, in {g['steps']} steps of {g['answers_per_step'] // g['answers_per_case']} cases × "
-                   f"{g['answers_per_case']} answers; {g['reward']} reward {g['reward_first']} at the first step, "
-                   f"{g['reward_last']} at the last; {pct(g['groups_all_0'])} of the groups all wrong (no signal).")
+                   f"{g['answers_per_case']} answers; mean {g['reward']} reward {pct(g['reward_first'])} at the "
+                   f"first step, {pct(g['reward_last'])} at the last; {pct(g['groups_all_0'])} of the groups all "
+                   "wrong (no signal).")
     return out
 
 

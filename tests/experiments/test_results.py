@@ -83,8 +83,8 @@ def test_the_grpo_arm_gets_a_row_with_its_answers_and_a_note(root):
     table = results_table(root)
     assert model_rows(table)[-1] == ("| grpo | 1088 | – | – | – → – | 40.0% · 87.5% · 50.0% | 80.0% | 70.0% "
                                      "| 10.0% |")
-    assert ("- grpo: 1088 answers of a budget of 1136, 30000 tokens, in 17 steps of 8 cases × 8 answers; binary "
-            "reward 0.1 at the first step, 0.3 at the last; 25.0% of the groups all wrong (no signal).") in table
+    assert ("- grpo: 1088 answers of a budget of 1136, 30000 tokens, in 17 steps of 8 cases × 8 answers; mean binary "
+            "reward 10.0% at the first step, 30.0% at the last; 25.0% of the groups all wrong (no signal).") in table
 
 
 def test_root_defaults_to_the_working_directory(root, monkeypatch):
