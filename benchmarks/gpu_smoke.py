@@ -7,14 +7,15 @@
 First the driver's CUDA version against the GPU set's (one line naming both when it is too old), then, in a scratch
 project of 16 training cases, each stage in its own process as `dvc repro` runs it (the caller's environment, never
 what this process gained by importing): base, sample (hf, then vLLM), filter, QLoRA train, eval of the base and of
-round 1 (vLLM, the adapter through a LoRARequest), round 2's sampling. It prints wall time, tokens/s, peak GPU memory
-(nvidia-smi: vLLM's engine is a process of its own) and key results per stage; a failed stage ends the run with exit
-status 1, naming it. docs/gpu.md says more.
+round 1 (vLLM, the adapter through a LoRARequest), round 2's sampling, three GRPO steps (4-bit) and their model's
+eval, whose answers must differ from the base's. Per stage: wall time, tokens/s, peak GPU memory (nvidia-smi) and
+key results; a failed stage ends the run with exit status 1, naming it. docs/gpu.md says more.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -60,7 +61,8 @@ class Step:
 
 
 R1, R2 = paths.round_files("round1"), paths.round_files("round2")
-EB, E1 = paths.eval_files("base"), paths.eval_files("round1")
+EB, E1, EG = paths.eval_files("base"), paths.eval_files("round1"), paths.eval_files(paths.GRPO)
+GF = paths.GRPO_FILES
 STEPS = (
     Step("base", "base", metrics=paths.BASE_METRICS, time_file=paths.BASE_TIME, backend="tiny"),
     Step("sample@round1", "sample", ("round1",), backend="hf", metrics=R1["sample_metrics"],
@@ -75,6 +77,11 @@ STEPS = (
     # round 2 samples from base + round 1's adapter: vLLM with the adapter through a LoRARequest
     Step("sample@round2", "sample", ("round2",), backend="vllm+lora", metrics=R2["sample_metrics"],
          time_file=R2["sample_time"]),
+    # the GRPO arm: 3 steps of 16 answers on a 4-bit base (HF generation), then its model's eval; its answers must
+    # differ from the base's (check_grpo_moved): the update reached the adapter
+    Step("grpo", "grpo", backend="grpo 4-bit", metrics=GF["metrics"], time_file=GF["time"],
+         params={"grpo": {"device": "auto", "load_in_4bit": True, "batch_size": 16, "budget": 48}}),
+    Step("eval@grpo", "eval", ("grpo",), backend="vllm+lora", metrics=EG["metrics"], time_file=EG["time"]),
 )
 # With 2 GPUs or more: round 2's sampling again, on a Ray pool of two vLLM engines (docs/scaling.md).
 TWO_WORKERS = Step("sample@round2", "sample", ("round2",), backend="vllm+lora x2", metrics=R2["sample_metrics"],
@@ -93,6 +100,8 @@ RESULTS = {
     "filter": (("acceptance_rate", ("acceptance_rate",)), ("truncated", ("truncated",)),
                ("sft_examples", ("sft_examples",))),
     "train": (("loss_last", ("loss_last",)), ("steps", ("steps",)), ("optimizer", ("optimizer",))),
+    "grpo": (("answers", ("answers_generated",)), ("reward_first", ("reward_first",)),
+             ("reward_last", ("reward_last",))),
     "eval": (("original", ("overall", "original")), ("poisoned", ("overall", "poisoned")),
              ("truncated", ("overall", "truncated"))),
 }
@@ -177,6 +186,17 @@ def set_aside(project: Path, suffix: str) -> None:
     (project / R1["samples"]).unlink(missing_ok=True)
 
 
+def check_grpo_moved(project: Path) -> None:
+    """GRPO's model answers the eval prompts with the base's random streams: some answer must differ, or its
+    updates never reached the adapter."""
+    def answers(rel: str) -> list:
+        lines = (project / rel).read_text(encoding="utf-8").splitlines()
+        return [(r["id"], r["sample"], r["answer"]) for r in map(json.loads, lines)]
+
+    if answers(EG["predictions"]) == answers(EB["predictions"]):
+        raise StageFailed("eval@grpo: every answer equals the base's: the GRPO updates did not change the model")
+
+
 def run_step(project: Path, step: Step, env: dict, poll: bool, timeout: int) -> dict:
     if step.params:
         set_params(project, step.params)
@@ -191,6 +211,8 @@ def run_step(project: Path, step: Step, env: dict, poll: bool, timeout: int) -> 
         raise StageFailed(f"{step.name} ({step.backend}) failed with exit status {code} after {wall:.0f} s; "
                           f"last {TAIL_LINES} stderr lines ({log}.err):\n{tail(Path(f'{log}.err'))}")
     row = stage_row(project, step, wall, gpu.peak)
+    if step.name == "eval@grpo":
+        check_grpo_moved(project)
     if step.aside:
         set_aside(project, step.aside)
     return row

@@ -51,6 +51,7 @@ SMALL = {
               "logging_steps": 1, "save_steps": 1, "save_total_limit": 2, "max_length": 1024, "device": "cpu"},
     "eval": {"folders": [FOLDER], "max_new_tokens": 48, "train_subset": 2, "batch_size": 2, "device": "cpu",
              "num_samples": 1, "temperature": 0.0},
+    "grpo": {"batch_size": 4, "device": "cpu", "save_steps": 1},  # 2 cases x 2 answers a step
 }
 # Round 1's files and the eval files of the base and of round 1's model (lawshift/core/paths.py).
 R1 = paths.round_files("round1")

@@ -21,7 +21,7 @@ MAKE = re.compile(r"(?:^|`|\$ )make ([a-z][\w-]*)", re.M)  # in code: prose says
 PYTHON_M = re.compile(r"python -m ((?:lawshift|benchmarks)(?:\.\w+)*)(?: ([a-z_|\\]+))?")
 DVC_STAGE = re.compile(r"\bdvc (?:repro|commit|status)(?: -f)* ([a-z_]+(?:@[\w<>]+)?)")
 AT_STAGE = re.compile(r"`([a-z_]+)@(?:round\d+|<round>|<model>)")
-PARAM = re.compile(r"(?<![\w/.<-])((?:seed|data|model|sample|filter|train|eval|rounds)(?:\.[\w<>*]+)+)")
+PARAM = re.compile(r"(?<![\w/.<-])((?:seed|data|model|sample|filter|train|eval|grpo|rounds)(?:\.[\w<>*]+)+)")
 FILE = re.compile(r"(?<![=\w/])((?:stages|lawshift|benchmarks|tests|docs|prompts|profiles)/[\w/.-]+"
                   r"\.(?:py|md|yaml|json))\b")
 NOT_KEYS = {"json", "jsonl", "csv", "py", "yaml", "md", "tsv", "sbatch"}  # `filter.json` is a file, not a key

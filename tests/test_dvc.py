@@ -45,7 +45,7 @@ ROUNDS = ("round1", "round2")  # the repository's params.yaml
 
 
 def test_every_stage_is_resolved(stages):
-    assert set(stages) == {"base", "eval_base", "charts",
+    assert set(stages) == {"base", "eval_base", "charts", "grpo", "eval_grpo",
                            *(f"{s}@{r}" for r in ROUNDS for s in ("sample", "filter", "train", "eval"))}
 
 
@@ -85,6 +85,7 @@ def _round_outputs(r: str) -> list[tuple[str, set, set]]:
 
 
 BASE_EVAL = paths.eval_files("base")
+GRPO_EVAL = paths.eval_files(paths.GRPO)
 
 
 @pytest.mark.parametrize("name, outs, metrics", [
@@ -92,6 +93,10 @@ BASE_EVAL = paths.eval_files("base")
     ("eval_base", {BASE_EVAL["predictions"], BASE_EVAL["report"], BASE_EVAL["folders_plot"],
                    BASE_EVAL["term_errors_plot"]}, {BASE_EVAL["metrics"], BASE_EVAL["time"]}),
     *[row for r in ROUNDS for row in _round_outputs(r)],
+    ("grpo", {paths.GRPO_FILES["adapter"], paths.GRPO_FILES["steps"]},
+     {paths.GRPO_FILES["metrics"], paths.GRPO_FILES["time"]}),
+    ("eval_grpo", {GRPO_EVAL["predictions"], GRPO_EVAL["report"], GRPO_EVAL["folders_plot"],
+                   GRPO_EVAL["term_errors_plot"]}, {GRPO_EVAL["metrics"], GRPO_EVAL["time"]}),
     ("charts", {c["chart"] for c in paths.CHARTS.values()}, set()),
 ])
 def test_outs_and_metrics_are_the_paths_the_code_writes(stages, name, outs, metrics):
@@ -110,6 +115,13 @@ def test_round_stages_depend_on_their_policy_and_eval_on_the_weights_it_adds(sta
         assert paths.eval_files(r)["adapter"] == paths.round_files(r)["adapter"]
     assert paths.round_files("round1")["adapter"] not in stages["eval_base"][1]
     assert paths.eval_files("base")["adapter"] == ""
+
+
+def test_grpo_depends_on_every_rounds_sample_metrics_and_eval_grpo_on_its_adapter(stages):
+    """grpo.budget 0 counts every round's answers: each round's sample metrics is a dep, so it runs after them."""
+    assert {paths.BASE, *(paths.round_files(r)["sample_metrics"] for r in ROUNDS)} <= stages["grpo"][1]
+    assert {paths.BASE, paths.GRPO_FILES["adapter"]} <= stages["eval_grpo"][1]
+    assert GRPO_EVAL["adapter"] == paths.GRPO_FILES["adapter"] and stages["eval_grpo"][0].split()[-1] == paths.GRPO
 
 
 def test_dvc_yaml_reads_paths_from_the_module_dvc_can_read():
@@ -136,7 +148,7 @@ def test_the_metrics_are_the_stages_results_alone(stages):
 
 def _per_model_plots(rounds) -> dict[str, set[str]]:
     """Each kind's per-model files for the base and `rounds`, as the code names them."""
-    models = ["base", *rounds]
+    models = ["base", *rounds, paths.GRPO]
     return {"eval_folders": {paths.eval_files(m)["folders_plot"] for m in models},
             "eval_term_errors": {paths.eval_files(m)["term_errors_plot"] for m in models},
             "filter_accepted": {paths.round_files(r)["filter_plot"] for r in rounds},
@@ -161,7 +173,7 @@ def test_charts_stage_depends_on_folders_holding_every_models_plot_file(stages):
         graph = repo.index.graph
         charts = next(s for s in graph if s.addressing == "charts")
         upstream = {s.addressing for s in graph.successors(charts)}
-    assert upstream == {"eval_base", *(f"{s}@{r}" for r in ROUNDS for s in ("filter", "train", "eval"))}
+    assert upstream == {"eval_base", "eval_grpo", *(f"{s}@{r}" for r in ROUNDS for s in ("filter", "train", "eval"))}
 
 
 def test_one_chart_per_kind_from_the_charts_stage_and_no_per_model_charts():

@@ -21,6 +21,7 @@ ALLOWED = {
     "train": {"core", "task"},
     "evaluate": {"core", "task", "engines"},
     "experiments": {"core", "evaluate"},
+    "rl": {"core", "task", "engines", "train"},
 }
 
 

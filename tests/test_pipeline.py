@@ -25,11 +25,13 @@ PARAMS = {
 }
 N_TRAIN, N_TEST = 12, 6
 ROUNDS = ("round1", "round2")
-STAGES = {"base", "eval_base", *(f"{s}@{r}" for r in ROUNDS for s in ("sample", "filter", "train", "eval"))}
+STAGES = {"base", "eval_base", "grpo", "eval_grpo",
+          *(f"{s}@{r}" for r in ROUNDS for s in ("sample", "filter", "train", "eval"))}
 CHARTS = "charts"  # joins the others' plot files: it runs after them, whenever one of those files changes
 R2 = paths.round_files("round2")
 # Each stage's results file (dvc.yaml `metrics`), apart from its time file (runinfo.time_files).
-RESULTS = {"base": paths.BASE_METRICS, "eval_base": EV["base"]["metrics"],
+RESULTS = {"base": paths.BASE_METRICS, "eval_base": EV["base"]["metrics"], "grpo": paths.GRPO_FILES["metrics"],
+           "eval_grpo": paths.eval_files(paths.GRPO)["metrics"],
            **{f"eval@{r}": paths.eval_files(r)["metrics"] for r in ROUNDS},
            **{f"{s}@{r}": paths.round_files(r)[f"{s}_metrics"] for r in ROUNDS for s in ("sample", "filter", "train")}}
 TIMING = {"wall_seconds", "peak_rss_mb"}
@@ -56,7 +58,7 @@ def test_experiment_workflow(project):
     assert _ran(first) == STAGES | {CHARTS}
     for kind, where in paths.CHARTS.items():  # each chart's file: every model's rows, in model order
         lines = (root / where["chart"]).read_text(encoding="utf-8").splitlines()[1:]
-        models = ["base", *ROUNDS] if kind.startswith("eval_") else list(ROUNDS)
+        models = ["base", *ROUNDS, paths.GRPO] if kind.startswith("eval_") else list(ROUNDS)
         assert list(dict.fromkeys(line.split(",")[0] for line in lines)) == models, kind
     times = time_files(ROUNDS)
     assert set(RESULTS) == set(times) == STAGES
@@ -92,7 +94,7 @@ def test_experiment_workflow(project):
     # An eval param changes only the eval stages.
     commit(root, "run")
     set_params(root, {"eval": {"show_old_statute": True}})
-    assert _ran(run(["dvc", "repro"], root)) - {CHARTS} == {"eval_base", "eval@round1", "eval@round2"}
+    assert _ran(run(["dvc", "repro"], root)) - {CHARTS} == {"eval_base", "eval@round1", "eval@round2", "eval_grpo"}
     # Back to the committed run: params, lock and git-tracked metrics from git, cached outputs from DVC.
     run(["git", "checkout", "-q", "HEAD", "--", "."], root)  # dvc autostages
     run(["dvc", "checkout", "-q"], root)

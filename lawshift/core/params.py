@@ -29,6 +29,8 @@ PARAMS_FILE = "params.yaml"  # what every stage reads (DVC's default params file
 SAMPLE_BACKENDS = ("hf", "vllm")
 EVAL_BACKENDS = ("hf", "vllm")
 WEIGHTINGS = ("inverse_n", "uniform")
+REWARDS = ("binary", "partial")  # grpo.reward (lawshift/rl/reward.py)
+GRPO_LOSSES = ("grpo", "dr_grpo", "bnpo", "dapo")  # TRL's loss_type
 MAX_DRAWS = 1 << 12  # answers one case may draw: its random streams (lawshift.engines.generation.SEED_STRIDE)
 
 
@@ -243,6 +245,36 @@ class EvalParams:
 
 
 @dataclass
+class GrpoParams:
+    """The GRPO arm (lawshift/rl/); its group, prompt, T, top_p, length and LoRA shape: sample.*, train.lora_*."""
+
+    reward: str = "binary"  # binary: the filter's decision; partial: charge and term credit (docs/method.md)
+    budget: int = 0  # answers to generate; 0 = as many as all rounds sampled (metrics/<round>/sample.json)
+    batch_size: int = 64  # answers per optimizer step: batch_size / sample.num_samples cases
+    learning_rate: float = 1e-4
+    loss_type: str = "grpo"  # TRL's; its default dapo normalises over tokens, grpo per answer as train does
+    beta: float = 0.0  # KL to the base (0: no reference model)
+    charge_weight: float = 0.5  # partial: the credit of a right charge; the rest is the term's
+    load_in_4bit: bool = False  # a GPU without vLLM: 4-bit base (docs/gpu.md)
+    use_vllm: bool = False  # a GPU: vLLM colocate on a bf16 base
+    device: str = "auto"
+    logging_steps: int = 1
+    save_steps: int = 5  # checkpoints/grpo, each with the answers and tokens paid for so far
+    save_total_limit: int = 2
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = _at_least(self, 0, "budget", "beta") + _at_least(self, 1, "batch_size", "logging_steps", "save_steps")
+        for key, value, allowed in (("reward", self.reward, REWARDS), ("loss_type", self.loss_type, GRPO_LOSSES)):
+            if value not in allowed:
+                out.append((key, f"unknown {key} {value!r}, expected one of {allowed}"))
+        if not 0 <= self.charge_weight <= 1:
+            out.append(("charge_weight", f"must be in [0, 1], got {self.charge_weight}"))
+        if self.load_in_4bit and self.use_vllm:
+            out.append(("use_vllm", "vLLM's weight sync merges LoRA into a 4-bit base, lossy: one or the other"))
+        return out
+
+
+@dataclass
 class RoundParams:
     """One round of sample -> filter -> train (ReST-EM / expert iteration)."""
 
@@ -278,6 +310,7 @@ class Params:
     filter: FilterParams = field(default_factory=FilterParams)
     train: TrainParams = field(default_factory=TrainParams)
     eval: EvalParams = field(default_factory=EvalParams)
+    grpo: GrpoParams = field(default_factory=GrpoParams)
     # Rounds in order (round1, round2, ...); the original workflow is one round.
     rounds: dict[str, RoundParams] = field(default_factory=lambda: {"round1": RoundParams()})
 

@@ -33,8 +33,20 @@ ROUND = {
 }
 TRAINED_ON = "sft.jsonl"  # in a round's adapter directory: the weighted answers that round trained on
 
-# One set per evaluated model: `base`, and every round's model (eval@<name>). A model's weights are models/<name>:
-# the base itself for `base`, the base plus that round's adapter otherwise.
+# The GRPO arm (stage grpo, lawshift/rl/): an adapter from the base like a round's, evaluated as eval_grpo (EVAL with
+# {name} = GRPO). Its checkpoints each hold the answers and tokens paid for so far (METER), so a resumed run counts on.
+GRPO = "grpo"
+GRPO_FILES = {
+    "adapter": "models/grpo",
+    "metrics": "metrics/grpo/train.json",
+    "steps": "outputs/grpo/steps.csv",  # per optimizer step: answers and tokens so far, mean reward, loss
+    "time": "metrics/time/grpo/train.json",
+    "checkpoints": "checkpoints/grpo",
+}
+METER = "meter.json"
+
+# One set per evaluated model: `base`, every round's model (eval@<name>) and `grpo`. A model's weights are
+# models/<name>: the base itself for `base`, the base plus that round's (or GRPO's) adapter otherwise.
 EVAL = {
     "predictions": "outputs/{name}/predictions.jsonl",
     "metrics": "metrics/{name}/eval.json",

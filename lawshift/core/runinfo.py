@@ -23,9 +23,11 @@ def time_files(rounds: Sequence[str] = ("round1",)) -> dict[str, str]:
         where = paths.round_files(name)
         out |= {f"sample@{name}": where["sample_time"], f"filter@{name}": where["filter_time"],
                 f"train@{name}": where["train_time"]}
+    out["grpo"] = paths.GRPO_FILES["time"]  # the GRPO arm beside the rounds
     out["eval_base"] = paths.eval_files(paths.BASE_MODEL)["time"]
     for name in rounds:
         out[f"eval@{name}"] = paths.eval_files(name)["time"]
+    out["eval_grpo"] = paths.eval_files(paths.GRPO)["time"]
     return out
 
 

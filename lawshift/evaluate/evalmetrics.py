@@ -3,8 +3,8 @@
     metrics = compute_metrics(records, k=3)   # per split, label type and folder: mean, pass@k, majority; train check
     builder = MetricsBuilder(3); builder.add(one_prompts_records); builder.result()   # the same, a prompt at a time
 
-pass@k is the unbiased estimator (Chen et al.); the majority vote counts parsed answers, a tie going to the one
-drawn first. docs/pipeline.md (eval) lists every figure.
+pass@k is the unbiased estimator (Chen et al.), also reported for every j = 1 … k (`pass_at`); the majority vote
+counts parsed answers, a tie going to the one drawn first. docs/pipeline.md (eval) lists every figure.
 """
 
 from __future__ import annotations
@@ -68,17 +68,24 @@ class _Rates:
 
     def __init__(self):
         self.mean, self.passk, self.majority = array("d"), array("d"), 0
+        self.curve: dict[int, array] = {}  # pass@j for every j = 1 .. k, per prompt
 
     def add(self, rs: Sequence[dict], k: int) -> None:
         c = sum(bool(r["success"]) for r in rs)
         self.mean.append(c / len(rs))
         self.passk.append(pass_at_k(len(rs), c, min(k, len(rs))))
         self.majority += majority_success(rs)
+        for j in range(1, k + 1):
+            self.curve.setdefault(j, array("d")).append(pass_at_k(len(rs), c, min(j, len(rs))))
 
     def result(self) -> dict[str, float | None]:
         n = len(self.mean)
         return {"mean": _rate(self.mean), "pass_at_k": _rate(self.passk),
                 "majority": round(self.majority / n, 6) if n else None}
+
+    def pass_curve(self) -> dict[str, float | None]:
+        """pass@1, pass@2, … pass@k over the prompts (each prompt's estimate at min(j, its draws))."""
+        return {str(j): _rate(values) for j, values in sorted(self.curve.items())}
 
 
 class _Scope:
@@ -160,7 +167,9 @@ class MetricsBuilder:
             if counts["poisoned"] != counts["original"]:
                 folders[name]["n_poisoned"] = counts["poisoned"]  # LawShift pairs them; say so when a folder does not
         train = self.train.result()
+        curve = {"train": self.train.pass_curve(), **{s: self.overall.rates[s].pass_curve() for s in SPLITS}}
         return {"k": self.k, "overall": self.overall.summary(), "by_label": by_label, "folders": folders,
+                "pass_at": curve,  # pass@j for j = 1 .. k: the train check and both LawShift splits
                 "charge_accuracy": _rate(self.charge), "term_exact_accuracy": _rate(self.term),
                 "train_exact": train["mean"], "train_pass_at_k": train["pass_at_k"],
                 "train_majority": train["majority"], "train_truncated": _share(self.train_cut, self.train_known)}

@@ -301,8 +301,8 @@ def run_settings(p: Params, items: Sequence[EvalItem], base: str, adapter: str |
 
 
 def model_names(p: Params) -> list[str]:
-    """The models eval can evaluate: the base, and each round's."""
-    return [paths.BASE_MODEL, *p.rounds]
+    """The models eval can evaluate: the base, each round's and the GRPO arm's."""
+    return [paths.BASE_MODEL, *p.rounds, paths.GRPO]
 
 
 def run(p: Params, name: str) -> Evaluation:

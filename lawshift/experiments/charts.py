@@ -3,8 +3,8 @@
     join("eval_folders")     # plots/eval_folders/{base,round1,…}.csv -> plots/eval_folders.csv (paths.CHARTS)
 
 A joined file has two columns in front of the per-model file's: the model's name (`model` for an evaluated model,
-`round` for a round's filter or training) and `order` (0 for the base, k for round k), then every row of each model's
-file as it was written (numeric axes ascending), the models in order: base, round1, round2, …, round10. The
+`round` for a round's filter or training) and `order` (0 for the base, k for round k, 1000 for grpo), then every row of
+each model's file as written (numeric axes ascending), the models in order: base, round1, …, round10, grpo. The
 Vega-Lite templates in .dvc/plots/ colour and group by that name and sort by `order`.
 """
 
@@ -21,7 +21,8 @@ from lawshift.core.files import InputError
 # kind (a key of paths.CHARTS) -> the name of the column that names the model
 NAME_COLUMN = {"eval_folders": "model", "eval_term_errors": "model", "filter_accepted": "round",
                "train_curves": "round"}
-MODEL_FILE = re.compile(r"(?:(base)|round([1-9][0-9]*))\.csv")
+MODEL_FILE = re.compile(r"(?:(base)|round([1-9][0-9]*)|(grpo))\.csv")
+GRPO_ORDER = 1000  # the GRPO arm's model comes after every round's
 
 
 def model_files(folder: str | Path) -> list[tuple[str, int, Path]]:
@@ -36,9 +37,11 @@ def model_files(folder: str | Path) -> list[tuple[str, int, Path]]:
             continue
         match = MODEL_FILE.fullmatch(path.name)
         if not match or not path.is_file():
-            raise InputError(path, f"not a model's plot file (expected {paths.BASE_MODEL}.csv or round<k>.csv)")
+            raise InputError(path, f"not a model's plot file (expected {paths.BASE_MODEL}.csv, round<k>.csv or "
+                                   f"{paths.GRPO}.csv)")
         name = path.name.removesuffix(".csv")
-        found.append((name, 0 if match.group(1) else int(match.group(2)), path))
+        order = 0 if match.group(1) else GRPO_ORDER if match.group(3) else int(match.group(2))
+        found.append((name, order, path))
     if not found:
         raise InputError(folder, "holds no model's plot file")
     return sorted(found, key=lambda item: item[1])

@@ -6,9 +6,9 @@
 
 One row per run; the columns: the params whose values differ between the runs, then per round its sampling
 (filter.json: acceptance, coverage after the first draws and after resampling) and per model, the base and each
-round's, its eval (train exact: mean, pass@k, majority; LawShift: original, poisoned, gap) - the figures of the
-README's results table (lawshift/experiments/results.py). The rounds come from `rounds` in each run's params. When
-the runs ran on different CPU families (`numerics.cpu` in their metrics/time files), a note names each run's.
+round's and the GRPO arm's, its eval (train exact: mean, pass@k, majority; LawShift: original, poisoned, gap) - the
+figures of the README's results table (lawshift/experiments/results.py). The rounds come from each run's `rounds`.
+When the runs ran on different CPU families (`numerics.cpu` in their metrics/time files), a note names each run's.
 """
 
 from __future__ import annotations
@@ -138,8 +138,13 @@ def cpu_note(runs: Sequence[Run]) -> list[str]:
             + "; ".join(f"{name} {family}" for name, family in families.items())]
 
 
+def arms_of(runs: Sequence[Run]) -> list[str]:
+    """The GRPO arm, when any run evaluated its model."""
+    return [paths.GRPO] if any(paths.eval_files(paths.GRPO)["metrics"] in r.metrics for r in runs) else []
+
+
 def _k(runs: Sequence[Run]) -> str:
-    evals = {paths.eval_files(m)["metrics"] for m in (paths.BASE_MODEL, *rounds_of(runs))}
+    evals = {paths.eval_files(m)["metrics"] for m in (paths.BASE_MODEL, *rounds_of(runs), *arms_of(runs))}
     ks = {m["k"] for r in runs for f, m in r.metrics.items() if f in evals and "k" in m}
     return str(ks.pop()) if len(ks) == 1 else "k"
 
@@ -149,13 +154,13 @@ def table(runs: Sequence[Run], limit: int = LIMIT) -> Table:
     (train exact, LawShift); when they leave no room for a differing param, each model's two become one, and when
     even that is too wide only the latest rounds are shown. The differing params fill what is left, in params.yaml's
     order; those that do not fit are named in a note."""
-    params, rounds = differing(runs), rounds_of(runs)
-    want = 1 + min(len(params), 1)  # the name, and at least one param when any differs
-    split = want + len(rounds) + 2 * (1 + len(rounds)) <= limit
+    params, rounds, arms = differing(runs), rounds_of(runs), arms_of(runs)
+    want = 1 + min(len(params), 1) + len(arms)  # the name, at least one param when any differs, the GRPO arm's
+    split = want + len(rounds) + 2 * (1 + len(rounds)) + len(arms) <= limit
     shown = rounds if split else rounds[max(0, len(rounds) - (limit - want - 1) // 2):]
     Cell = Callable[[Run], str]
     figures: list[tuple[str, Cell]] = [(f"{r} acc (cov)", lambda run, r=r: sampling(run, r)) for r in shown]
-    for model in (paths.BASE_MODEL, *shown):
+    for model in (paths.BASE_MODEL, *shown, *arms):
         if split:
             figures += [(f"{model} exact", lambda run, m=model: exact(run, m)),
                         (f"{model} LawShift", lambda run, m=model: lawshift(run, m))]

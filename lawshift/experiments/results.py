@@ -52,17 +52,35 @@ def _read(path: Path) -> dict:
     return read_json(path) if path.is_file() else {}
 
 
+def answers_paid(root: Path, rounds: list[str]) -> dict[str, int | None]:
+    """What each model cost in generated answers: round k's model all answers rounds 1..k sampled, the GRPO arm's
+    the answers it generated (its metrics), the base none."""
+    out: dict[str, int | None] = {paths.BASE_MODEL: 0}
+    total: int | None = 0
+    for name in rounds:
+        got = _read(root / paths.round_files(name)["sample_metrics"]).get("answers_generated")
+        total = None if got is None or total is None else total + got
+        out[name] = total
+    out[paths.GRPO] = _read(root / paths.GRPO_FILES["metrics"]).get("answers_generated")
+    return out
+
+
 def model_rows(root: Path, rounds: list[str]) -> list[str]:
-    """One row per model: as a policy, the acceptance and coverage of the round it sampled (the base samples
-    round1, round k's model samples round k+1; the last round's model samples none); as a judge, its eval."""
-    lines = ["| model | samples | acceptance | coverage: first draws → resampled | train exact: mean · pass@k · "
-             "majority | LawShift original | LawShift poisoned | gap |", "|---|---|---|---|---|---|---|---|"]
-    for k, name in enumerate([paths.BASE_MODEL, *rounds]):
+    """One row per model: the answers generated to make it; as a policy, the acceptance and coverage of the round
+    it sampled (the base samples round1, round k's model samples round k+1; the last round's model and the GRPO
+    arm's sample none); as a judge, its eval. The GRPO arm's row when it ran."""
+    lines = ["| model | answers generated | samples | acceptance | coverage: first draws → resampled | train exact: "
+             "mean · pass@k · majority | LawShift original | LawShift poisoned | gap |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    paid = answers_paid(root, rounds)
+    arm = [paths.GRPO] if (root / paths.eval_files(paths.GRPO)["metrics"]).is_file() else []
+    for k, name in enumerate([paths.BASE_MODEL, *rounds, *arm]):
         m = _read(root / paths.eval_files(name)["metrics"])
         sampled = rounds[k] if k < len(rounds) else None
         f = _read(root / paths.round_files(sampled)["filter_metrics"]) if sampled else {}
         o = m.get("overall", {})
-        lines.append(f"| {name} | {sampled or '–'} | {pct(f.get('acceptance_rate'))} "
+        cost = "–" if paid.get(name) is None else str(paid[name])
+        lines.append(f"| {name} | {cost} | {sampled or '–'} | {pct(f.get('acceptance_rate'))} "
                      f"| {pct(f.get('coverage_first'))} → {pct(f.get('coverage'))} "
                      f"| {pct(m.get('train_exact'))} · {pct(m.get('train_pass_at_k'))} · "
                      f"{pct(m.get('train_majority'))} | {pct(o.get('original'))} | {pct(o.get('poisoned'))} "
@@ -84,6 +102,13 @@ def round_notes(root: Path, rounds: list[str]) -> list[str]:
                    f"{f['samples_with_no_correct']} cases with none; {f['sft_examples']} distinct answers trained on"
                    + (f", {f['kept_previous']} of them kept from earlier rounds" if f.get("kept_previous") else "")
                    + ".")
+    g = _read(root / paths.GRPO_FILES["metrics"])
+    if g:
+        out.append(f"- grpo: {g['answers_generated']} answers of a budget of {g['budget']}, {g['generated_tokens']} "
+                   f"tokens, in {g['steps']} steps of {g['answers_per_step'] // g['answers_per_case']} cases × "
+                   f"{g['answers_per_case']} answers; mean {g['reward']} reward {pct(g['reward_first'])} at the "
+                   f"first step, {pct(g['reward_last'])} at the last; {pct(g['groups_all_0'])} of the groups all "
+                   "wrong (no signal).")
     return out
 
 

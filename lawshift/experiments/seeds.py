@@ -37,8 +37,13 @@ def figures(read: Callable[[str], dict], rounds: Sequence[str]) -> dict:
         filt = read(paths.round_files(name)["filter_metrics"])
         out |= {f"{name}.acceptance": filt["acceptance_rate"], f"{name}.coverage_first": filt["coverage_first"],
                 f"{name}.coverage": filt["coverage"]}
-    for model in (paths.BASE_MODEL, *rounds):
-        m = read(paths.eval_files(model)["metrics"])
+    for model in (paths.BASE_MODEL, *rounds, paths.GRPO):
+        try:
+            m = read(paths.eval_files(model)["metrics"])
+        except (InputError, subprocess.CalledProcessError):
+            if model == paths.GRPO:
+                continue  # a run from before the GRPO arm
+            raise
         out |= {f"{model}.{key}": m[key] for key in ("train_exact", "train_pass_at_k", "train_majority")}
         out |= {f"{model}.{key}": m["overall"][key] for key in ("original", "poisoned", "gap")}
     return out

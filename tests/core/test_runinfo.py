@@ -30,18 +30,21 @@ def test_stage_clock_writes_its_time_file_with_extra_figures(tmp_path):
 
 def test_time_files_cover_every_stage_in_pipeline_order():
     files = time_files()
-    assert list(files) == ["base", "sample@round1", "filter@round1", "train@round1", "eval_base", "eval@round1"]
+    assert list(files) == ["base", "sample@round1", "filter@round1", "train@round1", "grpo", "eval_base",
+                           "eval@round1", "eval_grpo"]
     assert files == {"base": "metrics/time/base.json", "sample@round1": "metrics/time/round1/sample.json",
                      "filter@round1": "metrics/time/round1/filter.json",
-                     "train@round1": "metrics/time/round1/train.json",
-                     "eval_base": "metrics/time/base/eval.json", "eval@round1": "metrics/time/round1/eval.json"}
+                     "train@round1": "metrics/time/round1/train.json", "grpo": "metrics/time/grpo/train.json",
+                     "eval_base": "metrics/time/base/eval.json", "eval@round1": "metrics/time/round1/eval.json",
+                     "eval_grpo": "metrics/time/grpo/eval.json"}
     two = time_files(["round1", "round2"])
-    assert list(two) == ["base", *(f"{s}@round{k}" for k in (1, 2) for s in ("sample", "filter", "train")),
-                         "eval_base", "eval@round1", "eval@round2"]
+    assert list(two) == ["base", *(f"{s}@round{k}" for k in (1, 2) for s in ("sample", "filter", "train")), "grpo",
+                         "eval_base", "eval@round1", "eval@round2", "eval_grpo"]
     # apart from the results: no time file is a stage's metrics file
     results = {paths.BASE_METRICS, *(paths.round_files(r)[k] for r in ("round1", "round2")
                                      for k in ("sample_metrics", "filter_metrics", "train_metrics")),
-               *(paths.eval_files(m)["metrics"] for m in ("base", "round1", "round2"))}
+               *(paths.eval_files(m)["metrics"] for m in ("base", "round1", "round2", "grpo")),
+               paths.GRPO_FILES["metrics"]}
     assert not results & set(two.values())
 
 
@@ -60,7 +63,7 @@ def test_summary_of_every_stage(tmp_path):
         dump_json(tmp_path / file, {"wall_seconds": float(k), "peak_rss_mb": 100.0 * k})
     lines = summary(tmp_path).splitlines()
     assert [ln.split()[0] for ln in lines[1:]] == [*time_files(), "total"]
-    assert lines[-1].split()[1] == "21.0"
+    assert lines[-1].split()[1] == "36.0"  # 1 + 2 + ... + 8 stages
 
 
 def test_summary_reads_the_time_files_not_the_metrics(tmp_path):

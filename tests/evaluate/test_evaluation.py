@@ -97,7 +97,21 @@ def _means(metrics: dict) -> dict:
     if not isinstance(metrics, dict):
         return metrics
     return {k: _means(v) for k, v in metrics.items()
-            if k not in ("pass_at_k", "majority", "train_pass_at_k", "train_majority")}
+            if k not in ("pass_at_k", "majority", "train_pass_at_k", "train_majority", "pass_at")}
+
+
+def test_pass_at_every_k_from_1_to_k():
+    """pass@j for j = 1 .. k: pass@1 is the mean, pass@k the pass_at_k figure, and the curve never falls."""
+    records = hand_records()
+    records += [r | {"sample": 1} for r in records]  # two draws per prompt, the same answers
+    records = [r | {"success": False} if r["sample"] == 1 and r["split"] == "train" else r for r in records]
+    m = evm.compute_metrics(records)
+    assert set(m["pass_at"]) == {"train", "original", "poisoned"} and m["k"] == 2
+    assert m["pass_at"]["train"] == {"1": m["train_exact"], "2": m["train_pass_at_k"]}
+    for split in ("original", "poisoned"):
+        curve = m["pass_at"][split]
+        assert curve["1"] == m["overall"][split] and curve["2"] == m["overall"]["pass_at_k"][split]
+        assert curve["1"] <= curve["2"]
 
 
 def test_compute_metrics_hand_made():

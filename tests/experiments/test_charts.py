@@ -59,6 +59,13 @@ def test_models_come_in_model_order_not_text_order(tmp_path):
                                                                     ("round10", 10)]
 
 
+def test_the_grpo_arms_model_comes_after_every_round(tmp_path):
+    for name in ("grpo", "round2", "base", "round1"):
+        write(tmp_path / f"{name}.csv", "x\n1\n")
+    assert [(n, k) for n, k, _ in charts.model_files(tmp_path)] == [("base", 0), ("round1", 1), ("round2", 2),
+                                                                    ("grpo", charts.GRPO_ORDER)]
+
+
 def test_the_joined_file_keeps_each_models_rows_in_numeric_order(tmp_path):
     """Counts up to 32 (resampling): 10 must follow 9, not 1, in the file the accepted-answers chart draws."""
     for name, top, bump in (("round2", 32, 11), ("round1", 12, 2)):

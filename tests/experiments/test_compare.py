@@ -164,3 +164,12 @@ def test_real_experiments(tmp_path):
     # each seed its own figures (the stand-in scales them by the seed); the workspace is HEAD's run
     assert by_name["workspace"][2:] == by_name["main"][2:]
     assert len({by_name[n][4] for n in ("main", "seed-1", "seed-2")}) == 3
+
+
+def test_the_grpo_arm_gets_its_columns_when_a_run_evaluated_it():
+    grpo_eval = paths.eval_files(paths.GRPO)["metrics"]
+    with_arm = {**METRICS, grpo_eval: METRICS[paths.eval_files("round2")["metrics"]]}
+    t = table([make_run("workspace", with_arm), make_run("seed-1", seed=1)])
+    assert t.headers[-2:] == ["grpo exact", "grpo LawShift"]
+    assert t.rows[0][-2:] == t.rows[0][-4:-2] and t.rows[1][-2:] == ["–/–/–", "–/–/–"]
+    assert "grpo exact" not in table([make_run("workspace")]).headers

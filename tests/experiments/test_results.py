@@ -47,13 +47,13 @@ def root(tmp_path):
     return project
 
 
-ROWS = ["| base | round1 | 25.0% | 75.0% → 87.5% | 30.0% · 50.0% · 25.0% | 75.0% | 25.0% | 50.0% |",
-        "| round1 | round2 | 50.0% | 87.5% → 93.8% | 62.5% · 75.0% · 50.0% | 80.0% | 50.0% | 30.0% |",
-        "| round2 | – | – | – → – | 50.0% · 87.5% · 62.5% | 80.0% | 60.0% | 20.0% |"]
+ROWS = ["| base | 0 | round1 | 25.0% | 75.0% → 87.5% | 30.0% · 50.0% · 25.0% | 75.0% | 25.0% | 50.0% |",
+        "| round1 | 600 | round2 | 50.0% | 87.5% → 93.8% | 62.5% · 75.0% · 50.0% | 80.0% | 50.0% | 30.0% |",
+        "| round2 | 1136 | – | – | – → – | 50.0% · 87.5% · 62.5% | 80.0% | 60.0% | 20.0% |"]
 
 
 def model_rows(table: str) -> list[str]:
-    return [ln for ln in table.splitlines() if ln.startswith(("| base", "| round"))]
+    return [ln for ln in table.splitlines() if ln.startswith(("| base", "| round", "| grpo"))]
 
 
 def test_one_row_per_model_with_the_round_it_sampled(root):
@@ -71,8 +71,20 @@ def test_missing_files_leave_dashes(root):
     (root / paths.eval_files("round2")["metrics"]).unlink()
     (root / paths.round_files("round2")["filter_metrics"]).unlink()
     rows = model_rows(results_table(root))
-    assert rows[1] == "| round1 | round2 | – | – → – | 62.5% · 75.0% · 50.0% | 80.0% | 50.0% | 30.0% |"
-    assert rows[2] == "| round2 | – | – | – → – | – · – · – | – | – | – |"
+    assert rows[1] == "| round1 | 600 | round2 | – | – → – | 62.5% · 75.0% · 50.0% | 80.0% | 50.0% | 30.0% |"
+    assert rows[2] == "| round2 | 1136 | – | – | – → – | – · – · – | – | – | – |"
+
+
+def test_the_grpo_arm_gets_a_row_with_its_answers_and_a_note(root):
+    dump_json(root / paths.eval_files(paths.GRPO)["metrics"], _eval(0.8, 0.7, 0.4, 0.875, 0.5))
+    dump_json(root / paths.GRPO_FILES["metrics"], {
+        "answers_generated": 1088, "budget": 1136, "generated_tokens": 30000, "steps": 17, "answers_per_step": 64,
+        "answers_per_case": 8, "reward": "binary", "reward_first": 0.1, "reward_last": 0.3, "groups_all_0": 0.25})
+    table = results_table(root)
+    assert model_rows(table)[-1] == ("| grpo | 1088 | – | – | – → – | 40.0% · 87.5% · 50.0% | 80.0% | 70.0% "
+                                     "| 10.0% |")
+    assert ("- grpo: 1088 answers of a budget of 1136, 30000 tokens, in 17 steps of 8 cases × 8 answers; mean binary "
+            "reward 10.0% at the first step, 30.0% at the last; 25.0% of the groups all wrong (no signal).") in table
 
 
 def test_root_defaults_to_the_working_directory(root, monkeypatch):
@@ -147,12 +159,14 @@ def test_the_timings_line_comes_from_the_time_files(tmp_path):
     root = tmp_path / "p"
     root.mkdir()
     (root / "params.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
-    for k, (_, file) in enumerate(time_files(["round1", "round2"]).items()):
+    files = time_files(["round1", "round2"])
+    for k, (_, file) in enumerate(files.items()):
         write_json(root / file, {"wall_seconds": 100.0 if k == 0 else 2.0,
                                  "numerics": {"cpu": "Intel Xeon", "omp_num_threads": "2"}})
-    assert sum(stage_seconds(root).values()) == 100 + 9 * 2.0
+    total = 100 + (len(files) - 1) * 2
+    assert sum(stage_seconds(root).values()) == total
     line = timings(root)
-    assert line == ("The committed run's stages took 118 s on 2 threads of an Intel Xeon, 100 s of it the tiny base's "
+    assert line == (f"The committed run's stages took {total} s on 2 threads of an Intel Xeon, 100 s of it the tiny base's "
                     "warm-start")
     readme = tmp_path / "README.md"
     readme.write_text(f"Intro. {TIMINGS[0]}old{TIMINGS[1]} (more).\n{START}\n{END}\n", encoding="utf-8")
