@@ -39,7 +39,7 @@ class HFBackend:
         self.shared_prefill = shared_prefill
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids(model, tokenizer)
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], settings: GenerationSettings, seeds: Sequence[int]) -> list[PromptResult]:
@@ -296,7 +296,7 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in _forward_params(model) else "past_key_values"
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_ids(model, tokenizer) -> list[int]:
     ids = {tokenizer.eos_token_id}
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(gen_eos, int):

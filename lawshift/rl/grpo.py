@@ -3,11 +3,12 @@
     python stages/grpo.py    # normally: dvc repro grpo
 
 One prompt per training case, rendered as sample renders it (plain text through the chat template, so TRL never
-re-parses the answers); each step TRL generates `sample.num_samples` answers for each of grpo.batch_size /
-num_samples cases (its own generation: HF `generate`, or vLLM colocate with `grpo.use_vllm`), scores them with
-lawshift/rl/reward.py and updates the adapter. The run stops at the budget (lawshift/rl/budget.py). Checkpoints in
-checkpoints/grpo/ each hold the meter, so a rerun after a kill resumes from the newest and counts on; checkpoints
-made under other settings are discarded. Writes models/grpo/, outputs/grpo/steps.csv and metrics/grpo/train.json.
+re-parses the answers); each step draws `sample.num_samples` answers for each of grpo.batch_size / num_samples
+cases (the sample stage's decoder through TRL's rollout_func, lawshift/rl/rollout.py; with `grpo.use_vllm` TRL's
+colocated vLLM), scores them with lawshift/rl/reward.py and updates the adapter. The run stops at the budget
+(lawshift/rl/budget.py). Checkpoints in checkpoints/grpo/ each hold the meter, so a rerun after a kill resumes
+from the newest and counts on; checkpoints made under other settings are discarded. Writes models/grpo/,
+outputs/grpo/steps.csv and metrics/grpo/train.json.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pathlib import Path
 from lawshift.core import files, journal, models, paths
 from lawshift.core.codedeps import code_digest
 from lawshift.core.params import Params
-from lawshift.rl import budget, reward
+from lawshift.engines.generation import GenerationSettings
+from lawshift.engines.hf_backend import eos_ids
+from lawshift.rl import budget, reward, rollout
 from lawshift.task.data import ArticleLookup, load_articles, training_cases
 from lawshift.task.prompts import load_prompt, render_prompt
 from lawshift.train.training import load_policy, sort_target_modules
@@ -163,13 +166,14 @@ def run(p: Params) -> tuple[dict, dict]:
     model = load_policy(base, tp, device, p.seed, trust_remote_code=p.model.trust_remote_code,
                         allow_pickle=p.model.allow_pickle)
     model.config.use_cache = True  # generation needs its cache; load_policy turns it off for SFT
-    eos = {tokenizer.eos_token_id, *([model.generation_config.eos_token_id] if isinstance(
-        model.generation_config.eos_token_id, int) else model.generation_config.eos_token_id or [])}
-    verifier = reward.reward_function(g.reward, p.filter.term_tolerance, g.charge_weight, sorted(eos),
+    verifier = reward.reward_function(g.reward, p.filter.term_tolerance, g.charge_weight, eos_ids(model, tokenizer),
                                       lambda step, ids, rewards: meter.add(step, ids, rewards))
+    sp = p.sample  # the sample stage's decoder draws the answers, except on vLLM (TRL's colocated engine)
+    settings = GenerationSettings(sp.num_samples, sp.temperature, sp.top_p, sp.max_new_tokens)
+    own = None if g.use_vllm else rollout.rollout_function(tokenizer, settings, p.seed, plan.group)
     trainer = GRPOTrainer(model=model, reward_funcs=verifier, args=grpo_config(p, plan, ckpt_dir, device),
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                          callbacks=[meter_callback(meter, plan)])
+                          callbacks=[meter_callback(meter, plan)], rollout_func=own)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     with files.atomic_path(where["adapter"]) as tmp:
         trainer.model.save_pretrained(tmp, safe_serialization=True)

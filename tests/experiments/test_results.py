@@ -166,8 +166,8 @@ def test_the_timings_line_comes_from_the_time_files(tmp_path):
     total = 100 + (len(files) - 1) * 2
     assert sum(stage_seconds(root).values()) == total
     line = timings(root)
-    assert line == (f"The committed run's stages took {total} s on 2 threads of an Intel Xeon, 100 s of it the tiny base's "
-                    "warm-start")
+    assert line == (f"The committed run's stages took {total} s on 2 threads of an Intel Xeon, 100 s of it the tiny "
+                    "base's warm-start")
     readme = tmp_path / "README.md"
     readme.write_text(f"Intro. {TIMINGS[0]}old{TIMINGS[1]} (more).\n{START}\n{END}\n", encoding="utf-8")
     update_readme(readme, "table", line)
