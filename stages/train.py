@@ -6,18 +6,20 @@ answers it trained on, sft.jsonl, for a later round's `keep_previous`) and metri
 Checkpoints go to checkpoints/<round>/ (not a DVC output): rerunning after an interruption resumes from the newest
 one made with the same data and settings. Curves: dvclive/<round>/, copied without timestamps to
 plots/train_curves/<round>.csv for the charts, and TensorBoard event files in logs/<round>/ (`tensorboard --logdir
-logs`). The data side, the objective and the run: lawshift/train/ (sftdata, objective, training).
+logs`). The data side, the objective and the run: lawshift/train/; N processes (train.num_processes): launch.py.
 
     python stages/train.py round1    # normally: dvc repro train@round1
-    accelerate launch --num_processes N stages/train.py round1   # with train.num_processes: N, one GPU each
 """
 
 import csv
+import os
+import sys
 from pathlib import Path
 
 from lawshift.core import files, models, paths
-from lawshift.core.params import load_params
+from lawshift.core.params import Params, load_params
 from lawshift.core.runinfo import StageClock
+from lawshift.train import launch
 
 CURVES = ("loss", "learning_rate")  # DVCLive's curves (dvclive/<round>/plots/metrics/<curve>.tsv) the charts draw
 
@@ -36,10 +38,37 @@ def write_curves(live: str | Path, path: str | Path) -> None:
     files.write_text(path, "\n".join(lines) + "\n")
 
 
+def processes(p: Params, name: str) -> bool:
+    """Before any training: start the N processes (True: they did the work), or settle this one's GPU (False)."""
+    os.environ.update(launch.slurm_env(os.environ))
+    if launch.is_worker():
+        launch.die_with_parent()
+        return False
+    import torch
+
+    from lawshift.train.sftdata import read_sft
+
+    tp = p.train
+    if tp.num_processes == 1:
+        if one := launch.one_gpu_env(os.environ, torch.cuda.device_count() if tp.device in ("auto", "cuda") else 0):
+            os.environ.update(one)
+            print(f"train@{name}: train.num_processes is 1, so one GPU: CUDA device {one['CUDA_VISIBLE_DEVICES']} "
+                  f"of {torch.cuda.device_count()}", file=sys.stderr)
+        return False
+    p.round(name)  # bad input fails here in one line, not once per process
+    read_sft(paths.round_files(name)["sft"])
+    launch.step_layout(tp.per_device_train_batch_size, tp.gradient_accumulation_steps, tp.num_processes)
+    launch.launch([__file__, name], tp.num_processes, models.pick_device(tp.device).type == "cpu",
+                  f"train@{name}")
+    return True
+
+
 def main(name: str = "round1") -> None:
     p = load_params()
     clock = StageClock()
     models.offline_env()
+    if processes(p, name):
+        return
     from lawshift.train import training  # heavy imports only after the params are known to be valid
 
     done = training.run(p, name)

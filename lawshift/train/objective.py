@@ -37,16 +37,23 @@ def trainer_class():
         # The micro-batch losses are already on the step's scale: the Trainer must not divide by accumulation.
         loss_is_scaled_for_ga = True
 
-        def __init__(self, *args, normaliser: float, **kwargs):
+        def __init__(self, *args, normaliser: float, sampler=None, **kwargs):
             super().__init__(*args, **kwargs)
-            self.normaliser = normaliser
+            self.normaliser, self.sampler = normaliser, sampler
             self.input_tokens = 0  # non-padding tokens through forward/backward in this process, this run
             self.step_weight = 0.0
+
+        def _get_train_sampler(self, *args, **kwargs):
+            # lawshift/train/order.py: one order for any number of processes, each answer once per epoch
+            return self.sampler if self.sampler is not None else super()._get_train_sampler(*args, **kwargs)
 
         def get_batch_samples(self, epoch_iterator, num_batches, device):
             # The Trainer fetches all micro-batches of an optimizer step up front: note the step's weight sum.
             batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
             self.step_weight = float(sum(b["weights"].sum() for b in batches)) if batches else 0.0
+            if self.args.world_size > 1:  # the step's weight on all processes; the logged loss is their mean
+                total = self.accelerator.reduce(torch.tensor(self.step_weight, device=self.args.device), "sum")
+                self.step_weight = float(total) / self.args.world_size
             return batches, num_items
 
         def training_step(self, model, inputs, num_items_in_batch=None):

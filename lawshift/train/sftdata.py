@@ -113,10 +113,14 @@ def build_examples(tokenizer, records: list[SftRecord], max_length: int) -> Trai
 
 
 class SftDataset(torch.utils.data.Dataset):
-    """Examples as mappings, so the Trainer's length-grouped sampler can read `input_ids` lengths."""
+    """Examples as mappings; `padded` adds, after them, the weight-0 answer that fills a multi-process run's last
+    micro-batches (lawshift/train/order.py): a copy of the shortest one, so it costs little and teaches nothing."""
 
-    def __init__(self, examples: list[Example]):
+    def __init__(self, examples: list[Example], padded: bool = False):
         self.examples = examples
+        if padded:
+            short = min(examples, key=len)
+            self.examples = [*examples, Example(short.input_ids, short.labels, 0.0, short.group)]
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -1,12 +1,11 @@
 """Weighted, completion-only QLoRA SFT on the accepted answers (the learning step of the method).
 
-    python stages/train.py round1    # normally: dvc repro train@round1
-    accelerate launch --num_processes N stages/train.py round1   # with train.num_processes: N
+    python stages/train.py round1    # normally: dvc repro train@round1; N processes with train.num_processes: N
 
-Reads outputs/<round>/sft.jsonl (encoded by lawshift/train/sftdata.py, objective in lawshift/train/objective.py), loads
-the
-base in 4-bit NF4 (or plain LoRA with `train.load_in_4bit: false`), trains a fresh adapter from the base, and
-writes it atomically to models/<round>/. Checkpoints in checkpoints/<round>/ resume a killed run when the settings
+Reads outputs/<round>/sft.jsonl (encoded by lawshift/train/sftdata.py, objective in lawshift/train/objective.py,
+order in lawshift/train/order.py, processes in lawshift/train/launch.py), loads the base in 4-bit NF4 (or plain
+LoRA with `train.load_in_4bit: false`), trains a fresh adapter from the base, and writes it atomically to
+models/<round>/. Checkpoints in checkpoints/<round>/ resume a killed run when the settings
 match; TensorBoard logs go to logs/<round>/, DVCLive's to dvclive/<round>/ (its curves also to
 plots/train_curves/<round>.csv). docs/pipeline.md (train) has the optimizer, resume and metrics details.
 """
@@ -29,7 +28,9 @@ from lawshift.core import files, journal, models, paths
 from lawshift.core.codedeps import code_digest
 from lawshift.core.files import atomic_path, write_text
 from lawshift.core.params import Params, TrainParams, param_error
+from lawshift.train.launch import step_layout
 from lawshift.train.objective import loss_normaliser, trainer_class
+from lawshift.train.order import StepSampler
 from lawshift.train.sftdata import Collator, SftDataset, build_examples, read_sft
 
 log = logging.getLogger(__name__)
@@ -119,13 +120,32 @@ def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def made_on_other_processes(ckpt_dir: Path, settings: dict) -> int | None:
+    """The process count the checkpoints were made with, when that is the one setting that differs."""
+    try:
+        with open(Path(ckpt_dir) / JOURNAL, "rb") as f:
+            head = journal.parse_header(f.readline())
+    except OSError:
+        return None
+    old = (head or {}).get("settings", {})
+    n, was = settings.get("params", {}).get("num_processes"), old.get("params", {}).get("num_processes")
+    same = {**old, "params": {**old.get("params", {}), "num_processes": n}} == json.loads(json.dumps(settings))
+    return was if same and was != n else None
+
+
 def prepare_checkpoints(ckpt_dir: Path, settings: dict) -> Path | None:
-    """The checkpoint to resume from, or None. Checkpoints made under other settings are deleted, never resumed."""
+    """The checkpoint to resume from, or None. Checkpoints made under other settings are deleted, never resumed;
+    those of the same run on another number of processes are refused (their dropout draws would differ)."""
     ckpt_dir = Path(ckpt_dir)
     if ckpt_dir.exists():
         why = journal.check(ckpt_dir / JOURNAL, settings)
         if why is None:
             return last_complete_checkpoint(ckpt_dir)
+        if (was := made_on_other_processes(ckpt_dir, settings)) is not None and last_complete_checkpoint(ckpt_dir):
+            n = settings.get("params", {}).get("num_processes")
+            raise param_error("train.num_processes", f"{ckpt_dir} holds checkpoints of this run on {was} processes and "
+                                                     f"this run has {n}: set {was} to resume it, or delete {ckpt_dir} "
+                                                     "to start afresh")
         print(f"train: discarding the checkpoints in {ckpt_dir}: {why}", file=sys.stderr)
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True)
@@ -153,11 +173,10 @@ def truncate_live(live_dir: Path, step: int) -> None:
         write_text(tsv, "\n".join(keep) + "\n")  # atomic: a kill now must not cut the curve
 
 
-def logging_callbacks(live_dir: Path, tb_dir: Path, resume_step: int | None) -> list:
-    """DVCLive at x = optimizer step (dvc.yaml untouched) and TensorBoard; both continue a resumed run.
-
-    The final step is always logged, so `loss_last` is the mean loss of the last logging window.
-    """
+def logging_callbacks(live_dir: Path, tb_dir: Path, resume_step: int | None, main: bool = True) -> list:
+    """DVCLive at x = optimizer step (dvc.yaml untouched) and TensorBoard, on the main process; both continue a
+    resumed run. Every process logs the final step (logging gathers the loss from all), so `loss_last` is the mean
+    loss of the last logging window."""
     from dvclive import Live
     from torch.utils.tensorboard import SummaryWriter
     from transformers import TrainerCallback
@@ -176,6 +195,8 @@ def logging_callbacks(live_dir: Path, tb_dir: Path, resume_step: int | None) -> 
             logs = {k: v for k, v in (logs or {}).items() if not k.endswith(TIMING_LOGS)}
             super().on_log(args, state, control, model=model, logs=logs, **kwargs)
 
+    if not main:
+        return [LogFinalStep()]
     if resume_step is None:
         shutil.rmtree(tb_dir, ignore_errors=True)
     else:
@@ -189,24 +210,25 @@ def logging_callbacks(live_dir: Path, tb_dir: Path, resume_step: int | None) -> 
 # ---- run -----------------------------------------------------------------------------------------------------
 
 
-def training_arguments(tp, ckpt_dir: Path, device: torch.device, optim: str, seed: int):
+def training_arguments(tp, ckpt_dir: Path, device: torch.device, optim: str, seed: int, world_size: int = 1):
+    """The Trainer's arguments; N processes share the effective batch the params fix (launch.step_layout)."""
     from transformers import TrainingArguments
 
+    micro, accumulation = step_layout(tp.per_device_train_batch_size, tp.gradient_accumulation_steps, world_size)
     bf16 = models.compute_dtype(device) == torch.bfloat16
     # the checkpointing argument as this transformers names it (renamed after 5.20, see load_policy)
     names = {f.name for f in fields(TrainingArguments)}
     ckpt = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     return TrainingArguments(
         output_dir=str(ckpt_dir), num_train_epochs=tp.num_train_epochs, max_steps=tp.max_steps,
-        per_device_train_batch_size=tp.per_device_train_batch_size,
-        gradient_accumulation_steps=tp.gradient_accumulation_steps, learning_rate=tp.learning_rate,
+        per_device_train_batch_size=micro, gradient_accumulation_steps=accumulation, learning_rate=tp.learning_rate,
         warmup_steps=tp.warmup_steps, lr_scheduler_type=tp.lr_scheduler_type, weight_decay=tp.weight_decay,
         max_grad_norm=tp.max_grad_norm, optim=optim, bf16=bf16, use_cpu=device.type == "cpu",
         **{ckpt: tp.gradient_checkpointing, f"{ckpt}_kwargs": {"use_reentrant": False}},
         logging_strategy="steps", logging_steps=tp.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=tp.save_steps, save_total_limit=tp.save_total_limit,
-        train_sampling_strategy="group_by_length" if tp.group_by_length else "random",
         remove_unused_columns=False,  # `weights` must reach compute_loss
+        ddp_find_unused_parameters=False,  # every LoRA weight is used; a PeftModel would default to searching
         report_to="none",  # DVCLive and TensorBoard are passed as callbacks, exactly once each
         seed=seed, data_seed=seed, dataloader_num_workers=0,
     )
@@ -245,25 +267,28 @@ def train_sft(base: str, sft_path: str | Path, out_dir: str | Path, tp: TrainPar
     records = read_sft(sft_path)  # fails on bad or empty input before any model is loaded
     device = train_device(tp.device)
     optim = resolve_optimizer(tp.optim, device)
-    args = training_arguments(tp, ckpt_dir, device, optim, seed)
-    if args.world_size != tp.num_processes:
-        raise param_error("train.num_processes", f"{tp.num_processes} processes set but this run has "
-                                                 f"{args.world_size}; start it as accelerate launch --num_processes "
-                                                 f"{tp.num_processes} stages/train.py")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != tp.num_processes:
+        raise param_error("train.num_processes", f"{tp.num_processes} processes set but this run has {world} (a "
+                                                 "multi-node run sets train.num_processes to all its processes)")
+    args = training_arguments(tp, ckpt_dir, device, optim, seed, world)
     main = args.process_index == 0
     tokenizer = models.load_tokenizer(base, trust_remote_code)
     # From the config alone, before any weights load: max_length must fit the model's context.
     models.check_context(models.load_config(base, trust_remote_code), tp.max_length, "train.max_length")
     data = build_examples(tokenizer, records, tp.max_length)
-    model = load_policy(base, tp, device, seed, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     resume = resume_point(ckpt_dir, run_settings(base, sft_path, tp, seed, trust_remote_code), args)
+    model = load_policy(base, tp, device, seed, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     resume_step = json.loads((resume / "trainer_state.json").read_text())["global_step"] if resume else None
-    per_step = tp.per_device_train_batch_size * tp.gradient_accumulation_steps * args.world_size
+    per_step = tp.per_device_train_batch_size * tp.gradient_accumulation_steps
     normaliser = loss_normaliser([e.weight for e in data.examples], per_step, args.world_size)
-    loggers = logging_callbacks(Path(live_dir), Path(tb_dir), resume_step) if main else []
+    loggers = logging_callbacks(Path(live_dir), Path(tb_dir), resume_step, main)
+    sampler = StepSampler([len(e) for e in data.examples], seed, step=per_step, micro=args.per_device_train_batch_size,
+                          processes=args.world_size, group_by_length=tp.group_by_length)
     trainer = trainer_class()(
-        model=model, args=args, train_dataset=SftDataset(data.examples), data_collator=Collator(tokenizer.pad_token_id),
-        processing_class=tokenizer, normaliser=normaliser, callbacks=[*loggers, *callbacks])
+        model=model, args=args, train_dataset=SftDataset(data.examples, padded=sampler.pad > 0),
+        data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer, normaliser=normaliser,
+        sampler=sampler, callbacks=[*loggers, *callbacks])
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     tokens = int(trainer.accelerator.reduce(torch.as_tensor(trainer.input_tokens, device=args.device), "sum"))
     if not main:
