@@ -83,13 +83,16 @@ STEPS = (
          params={"grpo": {"device": "auto", "load_in_4bit": True, "batch_size": 16, "budget": 48}}),
     Step("eval@grpo", "eval", ("grpo",), backend="vllm+lora", metrics=EG["metrics"], time_file=EG["time"]),
 )
-# With 2 GPUs or more: round 2's sampling again, on a Ray pool of two vLLM engines (docs/scaling.md).
+# With 2 GPUs or more: round 2's sampling again, on a Ray pool of two vLLM engines, and round 1's training on two
+# processes, one GPU each (docs/scaling.md).
 TWO_WORKERS = Step("sample@round2", "sample", ("round2",), backend="vllm+lora x2", metrics=R2["sample_metrics"],
                    time_file=R2["sample_time"], params={"sample": {"workers": 2}})
+TWO_PROCESSES = Step("train@round1", "train", ("round1",), backend="qlora x2 processes", metrics=R1["train_metrics"],
+                     time_file=R1["train_time"], params={"train": {"num_processes": 2}})
 
 
 def steps(gpus: int) -> tuple[Step, ...]:
-    return (*STEPS, TWO_WORKERS) if gpus >= 2 else STEPS
+    return (*STEPS, TWO_WORKERS, TWO_PROCESSES) if gpus >= 2 else STEPS
 
 
 # The key results of each stage's metrics file: (label, keys into the JSON).

@@ -2,6 +2,7 @@
 
     python -m benchmarks train                       # defaults: params.yaml's train.* on outputs/sft.jsonl
     python -m benchmarks train --epochs 1 --threads 2
+    python -m benchmarks train --processes 1,2      # the stage on 1 and 2 processes (benchmarks/processes.py)
 
 Runs `lawshift.train.training.train_sft` twice on the same data and seed, with `train.group_by_length` false and true,
 into a temporary directory, after an untimed warm-up; a second pair mixes in long prompts (`--mixed-prompt-tokens`).
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from benchmarks import processes
 from benchmarks.common import BASE, add_common_options, command, environment, long_prompt, set_threads
 from lawshift.core import files, models, paths
 from lawshift.core.files import InputError
@@ -117,6 +119,9 @@ def mixed_length_sft(src: Path, dst: Path, tokenizer, prompt: Prompt, articles_p
 
 
 def train_bench(args: argparse.Namespace) -> dict:
+    if args.processes:  # its own entry of results.json, beside the grouping one
+        args.bench = "train_processes"
+        return processes.compare([int(n) for n in args.processes.split(",")], Path(args.params), args.sft)
     given = {"num_train_epochs": args.epochs, "max_steps": args.max_steps}
     p = load_params(args.params, overrides={"train": {k: v for k, v in given.items() if v is not None}})
     tp = p.train
@@ -146,6 +151,8 @@ def train_bench(args: argparse.Namespace) -> dict:
 
 
 def print_train(result: dict) -> None:
+    if "processes" in result:
+        return processes.show(result)
     s = result["settings"]
     print(f"train: {s['data']}, epochs {s['num_train_epochs']}, max_steps {s['max_steps']}, micro-batch "
           f"{s['per_device_train_batch_size']}, {s['device']} with {s['torch_threads']} thread(s)")
@@ -166,6 +173,7 @@ def add_parser(sub) -> None:
     t.add_argument("--sft", type=Path, default=SFT, help=f"accepted answers to train on (default: {SFT})")
     t.add_argument("--mixed-prompt-tokens", type=int, default=800,
                    help="length every other prompt of the mixed-lengths data is brought to; 0 skips it (default 800)")
+    t.add_argument("--processes", help="comma-separated process counts, e.g. 1,2: the stage's tokens/s on each")
     t.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="skip the untimed one-step run")
     add_common_options(t, "torch CPU threads (default 1: a shared machine)")
     t.set_defaults(run=train_bench, show=print_train)

@@ -14,6 +14,7 @@ outputs/grpo/steps.csv and metrics/grpo/train.json.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -171,6 +172,7 @@ def run(p: Params) -> tuple[dict, dict]:
     sp = p.sample  # the sample stage's decoder draws the answers, except on vLLM (TRL's colocated engine)
     settings = GenerationSettings(sp.num_samples, sp.temperature, sp.top_p, sp.max_new_tokens)
     own = None if g.use_vllm else rollout.rollout_function(tokenizer, settings, p.seed, plan.group)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL 1.16: pinned, tested
     trainer = GRPOTrainer(model=model, reward_funcs=verifier, args=grpo_config(p, plan, ckpt_dir, device),
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                           callbacks=[meter_callback(meter, plan)], rollout_func=own)

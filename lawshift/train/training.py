@@ -239,7 +239,7 @@ def _logged(history: list[dict], key: str) -> list[float]:
 
 
 def train_device(name: str) -> torch.device:
-    """`pick_device`, and under `accelerate launch` each process's own GPU."""
+    """`pick_device`, and on N processes (lawshift/train/launch.py) each process's own GPU."""
     device = models.pick_device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -260,7 +260,7 @@ def train_sft(base: str, sft_path: str | Path, out_dir: str | Path, tp: TrainPar
               callbacks: Iterable = ()) -> tuple[dict, dict] | None:
     """Train the adapter into `out_dir` (atomically), resuming a matching interrupted run.
 
-    Returns (metrics, run info) on the main process, None on the others (`accelerate launch --num_processes N`).
+    Returns (metrics, run info) on the main process, None on the other processes (train.num_processes).
     """
     start = time.time()
     sft_path, ckpt_dir = Path(sft_path), Path(ckpt_dir)
