@@ -51,7 +51,7 @@ def test_a_partial_from_other_code_is_not_continued(project, tmp_path, change):
     kill_after_some_cases(code, root, env)
     saved = records(root / (R1["samples"] + ".partial"))
     if change:  # a module the sample stage runs, changed in a way that changes no answer
-        scoring = code / "lawshift" / "scoring.py"
+        scoring = code / "lawshift" / "task" / "scoring.py"
         scoring.write_text(scoring.read_text(encoding="utf-8") + "\n# changed\n", encoding="utf-8")
     rerun = subprocess.run([sys.executable, str(code / "stages" / "sample.py")], cwd=root, env=env,
                            capture_output=True, text=True, timeout=600)

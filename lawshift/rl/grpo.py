@@ -96,6 +96,16 @@ def meter_callback(meter: budget.Meter, plan: budget.Plan):
     return MeterCallback()
 
 
+def score_answers_only() -> None:
+    """TRL 1.16 takes each answer token's log-prob from a chunked LM-head kernel that, off CUDA, scores every
+    position of prompt + answer, though only the answer's count (trl/trainer/utils.py `_fused_forward`); on the CPU
+    that is about 40% of a step. Its compact mode, which CUDA runs, scores the answer positions alone: the same
+    values (tests/rl/test_grpo.py), with the kernel's own CPU tiles."""
+    from trl.trainer import utils
+
+    utils._use_triton = lambda device: True  # read only for `compact` there; the kernel checks its own copy
+
+
 def grpo_config(p: Params, plan: budget.Plan, ckpt_dir: Path, device):
     import torch
     from trl import GRPOConfig
@@ -173,6 +183,7 @@ def run(p: Params) -> tuple[dict, dict]:
     settings = GenerationSettings(sp.num_samples, sp.temperature, sp.top_p, sp.max_new_tokens)
     own = None if g.use_vllm else rollout.rollout_function(tokenizer, settings, p.seed, plan.group)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL 1.16: pinned, tested
+    score_answers_only()
     trainer = GRPOTrainer(model=model, reward_funcs=verifier, args=grpo_config(p, plan, ckpt_dir, device),
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                           callbacks=[meter_callback(meter, plan)], rollout_func=own)

@@ -454,7 +454,7 @@ def test_stage_base_then_sft(project):
     main("base")
     metrics = read_json(base["metrics"])
     assert set(metrics) == {"k", "overall", "by_label", "folders", "charge_accuracy", "term_exact_accuracy",
-                            "train_exact", "train_pass_at_k", "train_majority", "train_truncated"}
+                            "train_exact", "train_pass_at_k", "train_majority", "train_truncated", "pass_at"}
     assert set(metrics["overall"]) == {"original", "poisoned", "gap", "pass_at_k", "majority", "format_valid",
                                        "truncated"}
     assert metrics["k"] == 1 and metrics["train_pass_at_k"] == metrics["train_majority"] == metrics["train_exact"]

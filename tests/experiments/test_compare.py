@@ -150,7 +150,8 @@ def test_render_pads_columns():
 @pytest.mark.slow
 def test_real_experiments(tmp_path):
     """The seeds of `make seeds` (lawshift.experiments.seeds queues and names them) on a stand-in DVC project, through
-    `python -m lawshift.experiments.compare`: every row, the seed as the only param, at most 15 columns."""
+    `python -m lawshift.experiments.compare`: every row, the seed as the only param, the GRPO arm's figures after the
+    rounds', at most 15 columns."""
     root = standin_project(tmp_path / "p")
     run([sys.executable, "-c", "from lawshift.experiments.seeds import run_experiments; run_experiments([1, 2])"], root)
     shown = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=root, env=ENV,
@@ -159,7 +160,7 @@ def test_real_experiments(tmp_path):
     out = run([sys.executable, "-m", "lawshift.experiments.compare"], root)
     header, _, *rows = out.splitlines()[:6]
     cells = [c.strip() for c in header.strip("|").split("|")]
-    assert cells[:2] == ["run", "seed"] and len(cells) == 10 <= LIMIT
+    assert cells[:2] == ["run", "seed"] and cells[-2:] == ["grpo exact", "grpo LawShift"] and len(cells) == 12 <= LIMIT
     by_name = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")] for r in rows}
     assert {n: c[1] for n, c in by_name.items()} == {"workspace": "0", "main": "0", "seed-1": "1", "seed-2": "2"}
     # each seed its own figures (the stand-in scales them by the seed); the workspace is HEAD's run

@@ -1,6 +1,7 @@
 """The grpo stage on the tiny model (a few GRPO steps in the small project): it stops at the budget and counts what
 it generated; two runs give the same adapter bytes; a SIGKILL after a checkpoint resumes from it without paying for
-or counting an answer twice; bad params fail in one line before any model loads."""
+or counting an answer twice; bad params fail in one line before any model loads. TRL's log-probs scored on the
+answer positions alone equal those it scores on every position."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from conftest import interrupt_when, read_json, run_stage, set_params, stage_cmd
 
 from lawshift.core import paths
+from lawshift.rl.grpo import score_answers_only
 
 G = paths.GRPO_FILES
 BUDGET = {"grpo": {"budget": 14}}  # steps of 4 answers (2 cases x 2): 3 steps, 12 answers, 2 left unused
@@ -76,3 +78,37 @@ def test_bad_grpo_params_fail_in_one_line(project, params, key):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: params.yaml") and key in lines[0], lines
     assert not (root / G["checkpoints"]).exists() and not (root / G["metrics"]).exists()
+
+
+def test_scoring_the_answers_alone_gives_every_positions_log_probs(tiny, monkeypatch):
+    import copy
+
+    import torch
+    from trl.trainer import utils
+
+    model = copy.deepcopy(tiny.model)
+    utils.add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    ids = tiny.tokenizer("甲盗窃公私财物。<think>盗窃</think><answer> 盗窃罪 | 6 </answer>", return_tensors="pt")
+    labels = ids["input_ids"].clone()
+    labels[:, :-8] = -100  # the answer's last 8 tokens are scored, as TRL scores a completion
+
+    def scored():
+        model.zero_grad()
+        out = model(**ids, labels=labels, fused_lm_head=True)
+        (out.log_probs.sum() + out.entropy.sum()).backward()
+        return out.log_probs.detach(), out.entropy.detach(), [p.grad.clone() for p in model.parameters()]
+
+    every = scored()
+    monkeypatch.setattr(utils, "_use_triton", utils._use_triton)  # put back after the test
+    score_answers_only()
+    assert utils._use_triton(torch.device("cpu"))  # TRL now takes its compact path on the CPU
+    alone = scored()
+    logits = tiny.model(**ids).logits[0, :-1].float()
+    direct = torch.log_softmax(logits, -1).gather(-1, ids["input_ids"][0, 1:, None])[:, 0]
+    mask = labels[0, 1:] != -100
+    for got in (every, alone):
+        torch.testing.assert_close(got[0][0][mask], direct[mask], rtol=1e-5, atol=1e-5)
+        assert not got[0][0][~mask].any()
+    torch.testing.assert_close(alone[1], every[1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(alone[2], every[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
