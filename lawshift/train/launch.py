@@ -24,6 +24,7 @@ from lawshift.core.files import InputError
 from lawshift.core.params import param_error
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT = "LAWSHIFT_TRAIN_PARENT"  # the pid of the stage run that started this process
 STOP_SECONDS = 10.0  # how long the other processes get to end after one failed, before SIGKILL
 
 
@@ -63,18 +64,22 @@ def one_gpu_env(env: Mapping[str, str], gpus: int) -> dict[str, str]:
 def worker_env(env: Mapping[str, str], rank: int, processes: int, port: int, threads: int | None) -> dict[str, str]:
     """A process's environment: torchrun's variables, and its share of the CPU threads when it trains on CPU."""
     out = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(processes),
-           "LOCAL_WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+           "LOCAL_WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           PARENT: str(os.getpid())}
     if threads is not None and "LAWSHIFT_THREADS" not in env:
         out["LAWSHIFT_THREADS"] = str(threads)  # lawshift/core/numerics.py pins the threads to this share
     return out
 
 
 def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the one that started it ends (a killed stage leaves nothing)."""
+    """Ask Linux to SIGKILL this process when the one that started it ends (a killed stage leaves nothing); a
+    parent that ended before the request was made is noticed too. Called first thing in each process."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass  # not Linux: the stage stops the others itself when it can
+    if os.environ.get(PARENT, str(os.getppid())) != str(os.getppid()):
+        os._exit(1)
 
 
 def free_port() -> int:
@@ -101,8 +106,8 @@ def launch(argv: Sequence[str], processes: int, on_cpu: bool, what: str) -> None
     threads = max(1, (os.cpu_count() or 1) // processes) if on_cpu else None
     port = free_port()
     print(f"{what}: {processes} processes on {'CPU' if on_cpu else 'one GPU each'}", file=sys.stderr)
-    procs = [subprocess.Popen([sys.executable, *argv], env=worker_env(os.environ, rank, processes, port, threads),
-                              preexec_fn=die_with_parent) for rank in range(processes)]
+    procs = [subprocess.Popen([sys.executable, *argv], env=worker_env(os.environ, rank, processes, port, threads))
+             for rank in range(processes)]
     try:
         while True:
             codes = [proc.poll() for proc in procs]

@@ -3,6 +3,7 @@ for one process, and real processes started, a failed one stopping the rest in o
 
 from __future__ import annotations
 
+import os
 import time
 
 import psutil
@@ -60,6 +61,7 @@ def test_worker_env_names_its_rank_and_shares_the_cpu_threads():
     assert {k: env[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT", "LAWSHIFT_THREADS", "PATH")} == {
         "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": "1234", "LAWSHIFT_THREADS": "3",
         "PATH": "/bin"}
+    assert env["LAWSHIFT_TRAIN_PARENT"] == str(os.getpid())  # each process checks its parent is still this one
     assert worker_env({"LAWSHIFT_THREADS": "7"}, 0, 2, 1, threads=3)["LAWSHIFT_THREADS"] == "7"  # the user's choice
     assert "LAWSHIFT_THREADS" not in worker_env({}, 0, 2, 1, threads=None)  # GPU processes
 
