@@ -32,6 +32,10 @@ from lawshift.task.prompts import load_prompt
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# A shell starts a background job (`make test &`) with Ctrl-C ignored, and the stages these tests start would inherit
+# that: the tests that send SIGINT need it to reach them as it does from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "lawshift-sample"
