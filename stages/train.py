@@ -50,10 +50,11 @@ def processes(p: Params, name: str) -> bool:
 
     tp = p.train
     if tp.num_processes == 1:
-        if one := launch.one_gpu_env(os.environ, torch.cuda.device_count() if tp.device in ("auto", "cuda") else 0):
+        gpus = torch.cuda.device_count() if tp.device in ("auto", "cuda") else 0
+        if one := launch.one_gpu_env(os.environ, gpus):
             os.environ.update(one)
             print(f"train@{name}: train.num_processes is 1, so one GPU: CUDA device {one['CUDA_VISIBLE_DEVICES']} "
-                  f"of {torch.cuda.device_count()}", file=sys.stderr)
+                  f"of {gpus}", file=sys.stderr)
         return False
     p.round(name)  # bad input fails here in one line, not once per process
     read_sft(paths.round_files(name)["sft"])

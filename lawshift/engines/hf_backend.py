@@ -14,7 +14,7 @@ of `python -m benchmarks sampling`. docs/method.md says why this path is faster.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -77,14 +77,9 @@ class HFBackend:
         return out[:, enc["input_ids"].shape[1]:]
 
     def _completion(self, ids: torch.Tensor) -> Completion:
-        ids = ids.tolist()
-        length, finished = len(ids), False
-        for k, t in enumerate(ids):
-            if t in self.eos_ids:
-                length, finished = k + 1, True
-                break
-        text = self.tokenizer.decode(ids[:length], skip_special_tokens=True)
-        return Completion(text, length, finished)
+        kept = until_eos(ids.tolist(), self.eos_ids)
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return Completion(text, len(kept), bool(kept) and kept[-1] in self.eos_ids)
 
 
 # --- shared prefill decoding ---------------------------------------------------------------------------------------
@@ -294,6 +289,14 @@ def _cache_kwarg(model) -> str:
     """The forward argument that takes the KV cache: `cache` in newer transformers, `past_key_values` up to 5.20
     (the GPU set's; later versions still take it, with a deprecation warning)."""
     return "cache" if "cache" in _forward_params(model) else "past_key_values"
+
+
+def until_eos(ids: Sequence[int], eos: Collection[int]) -> list[int]:
+    """An answer's tokens up to and including its first eos (all of them when it reached none)."""
+    for k, token in enumerate(ids):
+        if token in eos:
+            return list(ids[:k + 1])
+    return list(ids)
 
 
 def eos_ids(model, tokenizer) -> list[int]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from lawshift.engines.generation import GenerationSettings, stream_seed
-from lawshift.engines.hf_backend import decode, eos_ids
+from lawshift.engines.hf_backend import decode, eos_ids, until_eos
 
 FAMILY = "grpo"  # the arm's own random streams (lawshift/engines/generation.py run_offset)
 
@@ -26,14 +26,6 @@ def groups_of(prompts: Sequence[str], group: int) -> list[str]:
     if any(prompts[i] != unique[i // group] for i in range(len(prompts))):
         raise ValueError(f"the batch's prompts do not stand in runs of {group}")
     return unique
-
-
-def trim(row: Sequence[int], eos: set[int]) -> list[int]:
-    """An answer's tokens up to and including its first eos (all of them when it reached none)."""
-    for i, token in enumerate(row):
-        if token in eos:
-            return list(row[:i + 1])
-    return list(row)
 
 
 def rollout_function(tokenizer, settings: GenerationSettings, seed: int, group: int) -> Callable:
@@ -56,7 +48,8 @@ def rollout_function(tokenizer, settings: GenerationSettings, seed: int, group: 
         finally:
             model.train(was_training)
         prompt_ids = [ids for ids in tokenizer(unique, add_special_tokens=False)["input_ids"] for _ in range(group)]
-        completion_ids = [trim(row, set(eos)) for row in new.tolist()]
+        stop = set(eos)
+        completion_ids = [until_eos(row, stop) for row in new.tolist()]
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
 
     return rollout

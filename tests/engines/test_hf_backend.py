@@ -13,7 +13,7 @@ from conftest import JUDGE, seeds
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from lawshift.engines.generation import Completion, GenerationSettings, PromptResult, call_size
-from lawshift.engines.hf_backend import HFBackend, decode, top_p_candidates
+from lawshift.engines.hf_backend import HFBackend, decode, top_p_candidates, until_eos
 from lawshift.task.data import ArticleLookup, load_articles, load_cases
 from lawshift.task.prompts import render_prompt
 
@@ -328,3 +328,12 @@ def test_top_p_candidates_keep_what_transformers_keeps(top_p, spread):
 ])
 def test_call_size(backend, batch_size, chunk_size, count, expected):
     assert call_size(backend, batch_size, chunk_size, count) == expected
+
+
+@pytest.mark.parametrize("row, eos, want", [
+    ([5, 6, 2, 2, 2], {2}, [5, 6, 2]),
+    ([5, 6, 7], {2}, [5, 6, 7]),  # reached no eos: every token, truncated
+    ([3, 9, 9], {2, 3}, [3]),
+])
+def test_until_eos(row, eos, want):
+    assert until_eos(row, eos) == want

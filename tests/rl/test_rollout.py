@@ -1,4 +1,4 @@
-"""lawshift/rl/rollout.py: TRL's batch of repeated prompts grouped, answers trimmed after eos, and the rollout on the
+"""lawshift/rl/rollout.py: TRL's batch of repeated prompts grouped, and the rollout on the
 tiny model: every answer of every case, the same draws for the same step, other draws for another step."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from conftest import JUDGE
 
 from lawshift.engines.generation import GenerationSettings
 from lawshift.engines.hf_backend import eos_ids
-from lawshift.rl.rollout import groups_of, rollout_function, trim
+from lawshift.rl.rollout import groups_of, rollout_function
 from lawshift.task.prompts import render_prompt
 
 
@@ -27,15 +27,6 @@ def test_groups_of(prompts, group, unique):
 def test_groups_of_refuses_a_batch_that_is_not_whole_runs(prompts, group):
     with pytest.raises(ValueError):
         groups_of(prompts, group)
-
-
-@pytest.mark.parametrize("row, eos, want", [
-    ([5, 6, 2, 2, 2], {2}, [5, 6, 2]),
-    ([5, 6, 7], {2}, [5, 6, 7]),  # reached no eos: every token, truncated
-    ([3, 9, 9], {2, 3}, [3]),
-])
-def test_trim(row, eos, want):
-    assert trim(row, eos) == want
 
 
 @pytest.mark.slow
